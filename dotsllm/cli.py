@@ -1,0 +1,33 @@
+"""The ``dotsllm`` command: subcommands only parse arguments and call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module in dotsllm.commands, one-line help). Modules are imported only when run,
+# so `dotsllm --help` does not pay for importing megatron-core.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "plan": ("plan", "parameters, FLOPs, memory and time of a model under a parallel layout"),
+    "smoke-train": ("smoke_train", "train a preset on one fixed batch (the quickest end-to-end check)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="dotsllm", description="dots.llm1 on Megatron-Core")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            module = importlib.import_module(f"dotsllm.commands.{module_name}")
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``dotsllm`` subcommand, each with ``add_arguments(parser)`` and ``run(args)``."""

@@ -1,0 +1,61 @@
+"""Build the dots1 ``GPTModel`` (one pipeline stage of it) from a :class:`Dots1ModelConfig`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+
+from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+
+Backend = Literal["auto", "te", "local"]
+
+
+def resolve_backend(requested: Backend = "auto") -> Literal["te", "local"]:
+    """Transformer Engine layers when TE and CUDA are present, megatron-core's local layers otherwise."""
+    if requested == "local":
+        return "local"
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    have_te = HAVE_TE and torch.cuda.is_available()
+    if requested == "te" and not have_te:
+        raise RuntimeError("backend 'te' needs CUDA and Transformer Engine: pip install 'dotsllm[gpu]'")
+    if requested not in ("auto", "te"):
+        raise ValueError(f"unknown layer backend {requested!r}; use auto, te or local")
+    return "te" if have_te else "local"
+
+
+def build_model(
+    model: Dots1ModelConfig,
+    parallel: ParallelConfig | None = None,
+    *,
+    backend: Backend = "auto",
+    params_dtype: torch.dtype = torch.float32,
+    vp_stage: int | None = None,
+    config_overrides: dict[str, Any] | None = None,
+):
+    """The part of the dots1 model this rank holds. ``parallel_state`` must be initialized.
+
+    The returned ``GPTModel`` accepts explicit ``attention_mask`` and ``position_ids`` in its
+    forward (packed sequences, prefix-shared GRPO groups).
+    """
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+    from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+
+    parallel = parallel or ParallelConfig()
+    chosen = resolve_backend(backend)
+    overrides = {"moe_grouped_gemm": chosen == "te", **(config_overrides or {})}
+    config = model.transformer_config(parallel, params_dtype=params_dtype, **overrides)
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    spec = get_gpt_decoder_block_spec(
+        config, use_transformer_engine=chosen == "te", normalization="RMSNorm", vp_stage=vp_stage, pp_rank=pp_rank
+    )
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+        vp_stage=vp_stage,
+        **model.gpt_model_kwargs(),
+    )

@@ -1,0 +1,245 @@
+"""The dots1 architecture as one typed config, and its mapping onto megatron-core.
+
+A preset (``configs/model/<name>.yaml``) fills :class:`Dots1ModelConfig`; :class:`ParallelConfig`
+holds the parallel layout. :meth:`Dots1ModelConfig.transformer_config` turns both into
+megatron-core's ``TransformerConfig``; :meth:`Dots1ModelConfig.gpt_model_kwargs` gives the
+``GPTModel`` arguments that live outside it (vocabulary, RoPE, untied embeddings).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+
+
+@dataclass(frozen=True)
+class Dots1ModelConfig:
+    """Everything that defines a dots1 model; defaults are the released dots.llm1 values."""
+
+    name: str
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    head_dim: int
+    ffn_hidden_size: int  # FFN width of the first `num_dense_layers` (dense) layers
+    num_experts: int
+    moe_ffn_hidden_size: int
+    moe_router_topk: int
+    vocab_size: int
+    num_dense_layers: int = 1
+    num_shared_experts: int = 2  # stored as one MLP of num_shared_experts * moe_ffn_hidden_size
+    moe_router_topk_scaling_factor: float = 2.5
+    # Sequence-wise balance loss; dots.llm1 does not publish its coefficient, DeepSeek-V3 used 1e-4.
+    moe_aux_loss_coeff: float = 1e-4
+    # Aux-loss-free balancing: step size of the expert-bias update (DeepSeek-V3's gamma).
+    moe_router_bias_update_rate: float = 1e-3
+    max_position_embeddings: int = 32768
+    rotary_base: float = 1e7
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.006
+    qk_layernorm: bool = True
+    untie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "num_dense_layers must be in [0, num_layers)": 0 <= self.num_dense_layers < self.num_layers,
+            "num_attention_heads must be a multiple of num_query_groups": self.num_attention_heads
+            % self.num_query_groups
+            == 0,
+            "moe_router_topk must be in [1, num_experts]": 1 <= self.moe_router_topk <= self.num_experts,
+            "num_shared_experts must be >= 0": self.num_shared_experts >= 0,
+        }
+        failed = [msg for msg, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"model config {self.name!r}: " + "; ".join(failed))
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "<dict>") -> "Dots1ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{source}: unknown model config field(s) {unknown}; known: {sorted(known)}")
+        missing = sorted(
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.name not in values
+        )
+        if missing:
+            raise ValueError(f"{source}: missing model config field(s) {missing}")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name_or_path: str | Path, **overrides: Any) -> "Dots1ModelConfig":
+        """Load ``configs/model/<name>.yaml`` (or a YAML path) and apply field overrides."""
+        path = Path(name_or_path)
+        if not path.suffix:
+            path = PRESET_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise FileNotFoundError(f"no model preset {name_or_path!r}; presets: {list_presets()}")
+        values = yaml.safe_load(path.read_text())
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: a model preset must be a YAML mapping")
+        return cls.from_dict({**values, **overrides}, source=str(path))
+
+    # ---- derived quantities -------------------------------------------------------------------
+
+    @property
+    def shared_expert_ffn_hidden_size(self) -> int:
+        return self.num_shared_experts * self.moe_ffn_hidden_size
+
+    @property
+    def moe_layer_freq(self) -> list[int]:
+        """megatron-core's per-layer pattern: 0 = dense FFN, 1 = MoE."""
+        return [0] * self.num_dense_layers + [1] * (self.num_layers - self.num_dense_layers)
+
+    # ---- megatron-core mapping ----------------------------------------------------------------
+
+    def transformer_config(
+        self, parallel: "ParallelConfig | None" = None, params_dtype: torch.dtype = torch.float32, **overrides: Any
+    ):
+        """megatron-core ``TransformerConfig`` for this model under ``parallel``.
+
+        ``overrides`` are passed through to ``TransformerConfig`` (e.g. recompute settings).
+        """
+        from megatron.core.transformer.transformer_config import TransformerConfig
+
+        parallel = parallel or ParallelConfig()
+        on_gpu = torch.cuda.is_available()
+        kwargs: dict[str, Any] = dict(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+            kv_channels=self.head_dim,
+            ffn_hidden_size=self.ffn_hidden_size,
+            normalization="RMSNorm",
+            layernorm_epsilon=self.norm_epsilon,
+            qk_layernorm=self.qk_layernorm,
+            gated_linear_unit=True,
+            activation_func=torch.nn.functional.silu,
+            add_bias_linear=False,
+            add_qkv_bias=False,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            init_method_std=self.init_method_std,
+            # MoE
+            num_moe_experts=self.num_experts,
+            moe_layer_freq=self.moe_layer_freq,
+            moe_ffn_hidden_size=self.moe_ffn_hidden_size,
+            moe_shared_expert_intermediate_size=self.shared_expert_ffn_hidden_size or None,
+            moe_router_topk=self.moe_router_topk,
+            moe_router_score_function="sigmoid",
+            moe_router_enable_expert_bias=True,
+            moe_router_bias_update_rate=self.moe_router_bias_update_rate,
+            moe_router_topk_scaling_factor=self.moe_router_topk_scaling_factor,
+            moe_router_load_balancing_type="seq_aux_loss",
+            moe_aux_loss_coeff=self.moe_aux_loss_coeff,
+            moe_router_dtype="fp32",
+            moe_token_dispatcher_type="alltoall",
+            moe_grouped_gemm=on_gpu,
+            moe_permute_fusion=False,
+            # precision
+            params_dtype=params_dtype,
+            bf16=params_dtype == torch.bfloat16,
+            fp16=params_dtype == torch.float16,
+            # parallelism
+            tensor_model_parallel_size=parallel.tp,
+            pipeline_model_parallel_size=parallel.pp,
+            expert_model_parallel_size=parallel.ep,
+            expert_tensor_parallel_size=parallel.etp,
+            context_parallel_size=parallel.cp,
+            sequence_parallel=parallel.sequence_parallel,
+            pipeline_dtype=params_dtype,
+            use_cpu_initialization=not on_gpu,
+            perform_initialization=True,
+        )
+        kwargs.update(overrides)
+        return TransformerConfig(**kwargs)
+
+    def gpt_model_kwargs(self) -> dict[str, Any]:
+        """``GPTModel`` arguments that are not part of ``TransformerConfig``."""
+        return dict(
+            vocab_size=self.vocab_size,
+            max_sequence_length=self.max_position_embeddings,
+            position_embedding_type="rope",
+            rotary_base=int(self.rotary_base),
+            rotary_percent=1.0,
+            share_embeddings_and_output_weights=not self.untie_embeddings,
+        )
+
+    # ---- HuggingFace mapping ------------------------------------------------------------------
+
+    def hf_config_dict(self) -> dict[str, Any]:
+        """The ``config.json`` fields of transformers' ``Dots1Config`` for this architecture."""
+        return dict(
+            model_type="dots1",
+            architectures=["Dots1ForCausalLM"],
+            vocab_size=self.vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.ffn_hidden_size,
+            moe_intermediate_size=self.moe_ffn_hidden_size,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_query_groups,
+            head_dim=self.head_dim,
+            n_shared_experts=self.num_shared_experts,
+            n_routed_experts=self.num_experts,
+            num_experts_per_tok=self.moe_router_topk,
+            first_k_dense_replace=self.num_dense_layers,
+            norm_topk_prob=True,
+            routed_scaling_factor=self.moe_router_topk_scaling_factor,
+            scoring_func="noaux_tc",
+            n_group=1,
+            topk_group=1,
+            max_position_embeddings=self.max_position_embeddings,
+            rms_norm_eps=self.norm_epsilon,
+            rope_theta=self.rotary_base,
+            rope_scaling=None,
+            tie_word_embeddings=not self.untie_embeddings,
+            attention_bias=False,
+            hidden_act="silu",
+            initializer_range=self.init_method_std,
+        )
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """Parallel layout. ``dp`` is what is left of the world after TP x PP x CP."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    etp: int = 1  # expert tensor parallelism (megatron-core's expert_tensor_parallel_size)
+    cp: int = 1
+    vpp: int | None = None  # virtual pipeline stages per rank (interleaved 1F1B)
+
+    @property
+    def sequence_parallel(self) -> bool:
+        """megatron-core requires sequence parallelism for MoE with TP > 1."""
+        return self.tp > 1
+
+    def data_parallel_size(self, world_size: int) -> int:
+        model_parallel = self.tp * self.pp * self.cp
+        if world_size % model_parallel:
+            raise ValueError(f"world size {world_size} is not divisible by tp*pp*cp = {model_parallel}")
+        dp = world_size // model_parallel
+        expert_group = self.ep * self.etp
+        if (dp * self.cp * self.tp) % expert_group:
+            raise ValueError(
+                f"ep*etp = {expert_group} must divide dp*cp*tp = {dp * self.cp * self.tp} (world {world_size})"
+            )
+        return dp
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
