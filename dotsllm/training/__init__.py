@@ -1,0 +1,1 @@
+"""Training components: optimizer setup, the train step, schedules, data, checkpoints, metrics."""

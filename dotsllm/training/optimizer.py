@@ -1,0 +1,58 @@
+"""Wrap model chunks in megatron-core's DDP and build its optimizer (AdamW as in dots.llm1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """AdamW settings; defaults are the dots.llm1 pretraining values."""
+
+    lr: float = 3e-4
+    min_lr: float = 0.0
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    clip_grad: float = 1.0
+    use_distributed_optimizer: bool = True
+
+
+def wrap_with_ddp(model_chunks: list[torch.nn.Module], use_distributed_optimizer: bool) -> list[torch.nn.Module]:
+    """megatron-core ``DistributedDataParallel`` around each chunk, grads reduced in fp32."""
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=torch.cuda.is_available(),
+        use_distributed_optimizer=use_distributed_optimizer,
+    )
+    return [
+        DistributedDataParallel(config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0)
+        for i, chunk in enumerate(model_chunks)
+    ]
+
+
+def build_optimizer(ddp_chunks: list[torch.nn.Module], settings: OptimizerSettings):
+    """megatron-core's optimizer (a ChainedOptimizer over dense and expert params)."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    model_config = ddp_chunks[0].config
+    config = OptimizerConfig(
+        optimizer="adam",
+        lr=settings.lr,
+        min_lr=settings.min_lr,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_beta1,
+        adam_beta2=settings.adam_beta2,
+        adam_eps=settings.adam_eps,
+        clip_grad=settings.clip_grad,
+        bf16=model_config.bf16,
+        fp16=model_config.fp16,
+        params_dtype=model_config.params_dtype,
+        use_distributed_optimizer=settings.use_distributed_optimizer,
+    )
+    return get_megatron_optimizer(config, ddp_chunks)
