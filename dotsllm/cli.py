@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 # subcommand -> (module in dotsllm.commands, one-line help). Modules are imported only when run,
 # so `dotsllm --help` does not pay for importing megatron-core.
@@ -15,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    # megatron-core warns at import about every optional CUDA package it does not find.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     parser = argparse.ArgumentParser(prog="dotsllm", description="dots.llm1 on Megatron-Core")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
