@@ -52,10 +52,13 @@ def apply() -> bool:
 # Used as a device (`torch.cuda.current_device()`: rotary inv_freq, router, mappings, schedules)
 # and for overlap (`Stream`/`Event`/`current_stream`/`stream`: MoE alltoall dispatcher, shared
 # expert side stream, p2p communication, async checkpoint writer). On CPU there is one ordered
-# "stream": events and syncs are no-ops.
+# "stream": events and syncs are no-ops. `current_device()` returns the CPU device rather than an
+# index: callers pass it as `device=`, also inside autograd's backward (tensor_parallel/mappings.py
+# `_AllToAll`, `_gather_along_first_dim`), where the device-rewriting mode of patch 2 is not active.
 
 
 class _CpuStream:
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
     def wait_stream(self, other: Any) -> None: ...
     def wait_event(self, event: Any) -> None: ...
     def synchronize(self) -> None: ...
@@ -85,11 +88,11 @@ _DEFAULT_STREAM = _CpuStream()
 
 def patch_cuda_runtime() -> None:
     cuda = torch.cuda
-    cuda.current_device = lambda: 0
+    cuda.current_device = lambda: torch.device("cpu")
     cuda.set_device = lambda device: None
     cuda.device_count = lambda: 0
     cuda.synchronize = lambda device=None: None
-    cuda.Stream = lambda *args, **kwargs: _CpuStream()
+    cuda.Stream = _CpuStream  # a class: annotations like `torch.cuda.Stream | None` keep working
     cuda.Event = _CpuEvent
     cuda.current_stream = lambda device=None: _DEFAULT_STREAM
     cuda.default_stream = lambda device=None: _DEFAULT_STREAM
@@ -105,7 +108,9 @@ def patch_cuda_runtime() -> None:
 # optimizer/clip_grads.py `grad.type() == 'torch.cuda.FloatTensor'`, optimizer/optimizer.py and
 # optimizer/distrib_optimizer.py "Wrapped parameters must be one of torch.cuda.FloatTensor...":
 # on CPU, `Tensor.type()` reports the CUDA name of the same dtype, so the checks compare dtypes.
-# Both are done by one TorchFunctionMode, active for the whole process.
+# Both are done by one TorchFunctionMode, active for the whole process except inside autograd's
+# backward pass (torch >= 2.13 routes `autograd.backward` through the mode, which is popped while
+# it runs): code that runs in backward gets its device from `current_device()` (patch 1).
 
 
 def _is_cuda_device(device: Any) -> bool:
@@ -161,9 +166,10 @@ def patch_rng_tracker() -> None:
 
 
 # ---- 5. transformer/moe/moe_utils.py -----------------------------------------------------------
-# `te_general_gemm` is only defined when TE imports (NameError in the fp32 router without TE);
-# `maybe_move_tensor_to_cpu(..., as_numpy=True)` must give split sizes gloo's
-# `all_to_all_single` accepts (Python int lists) — the alltoall dispatcher keeps them on CPU.
+# `te_general_gemm` is only defined when TE imports (NameError in the fp32 router without TE).
+# `maybe_move_tensor_to_cpu(..., as_numpy=True)` only converts CUDA tensors, so on CPU the alltoall
+# dispatcher's split sizes stay tensors, which gloo's `all_to_all_single` rejects and `.tolist()`
+# callers do not expect: CPU tensors become numpy arrays too, as on GPU.
 
 
 def patch_moe_utils() -> None:
@@ -175,8 +181,9 @@ def patch_moe_utils() -> None:
 
     @functools.wraps(original)
     def maybe_move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
-        moved = original(tensor, as_numpy=False, record_stream=record_stream)
-        return moved.tolist() if as_numpy and torch.is_tensor(moved) else moved
+        if as_numpy and torch.is_tensor(tensor) and not tensor.is_cuda:
+            return tensor.detach().numpy().copy()
+        return original(tensor, as_numpy=as_numpy, record_stream=record_stream)
 
     moe_utils.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
     token_dispatcher.maybe_move_tensor_to_cpu = maybe_move_tensor_to_cpu
