@@ -205,10 +205,72 @@ class Dots1ModelConfig:
             rms_norm_eps=self.norm_epsilon,
             rope_theta=self.rotary_base,
             rope_scaling=None,
+            sliding_window=None,  # full attention in every layer; Dots1Config's default 4096 is not dots1's
             tie_word_embeddings=not self.untie_embeddings,
             attention_bias=False,
             hidden_act="silu",
             initializer_range=self.init_method_std,
+        )
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], name: str = "dots1-hf") -> "Dots1ModelConfig":
+        """The architecture of a HF dots1 ``config.json`` (as a dict).
+
+        Keys it lacks take transformers' ``Dots1Config`` defaults, as ``from_pretrained`` would;
+        features this megatron-core mapping cannot express raise ``ValueError`` naming them.
+        """
+        values = {**_HF_DOTS1_DEFAULTS, **hf}
+        if values.get("model_type") != "dots1":
+            raise ValueError(f"{name}: model_type is {values.get('model_type')!r}, not 'dots1'")
+        missing = [k for k in ("n_routed_experts", "n_shared_experts", "num_experts_per_tok") if values.get(k) is None]
+        if missing:
+            raise ValueError(f"{name}: config.json lacks {missing}")
+        rope = values.get("rope_parameters") or {
+            **(values.get("rope_scaling") or {}), "rope_theta": values["rope_theta"]
+        }
+        theta = rope.get("rope_theta")
+        layers = values["num_hidden_layers"]
+        layer_types = values.get("layer_types") or [
+            "sliding_attention" if values["sliding_window"] is not None and i >= values["max_window_layers"]
+            else "full_attention"
+            for i in range(layers)
+        ]
+        unsupported = {
+            "rope scaling": rope.get("rope_type", rope.get("type", "default")) != "default",
+            "a non-integer rope_theta (GPTModel takes an int)": theta is None or theta != int(theta),
+            "sliding-window layers": any(t != "full_attention" for t in layer_types),
+            "norm_topk_prob false (megatron-core normalizes sigmoid top-k scores)": not values["norm_topk_prob"],
+            "num_experts_per_tok 1 (megatron-core leaves a single sigmoid score unnormalized)":
+                values["num_experts_per_tok"] == 1,
+            "n_group/topk_group other than 1": (values["n_group"], values["topk_group"]) != (1, 1),
+            "a scoring_func other than sigmoid": values.get("scoring_func", "noaux_tc") not in ("noaux_tc", "sigmoid"),
+            "a hidden_act other than silu": values["hidden_act"] != "silu",
+            "attention_bias": bool(values["attention_bias"]),
+        }
+        found = [what for what, bad in unsupported.items() if bad]
+        if found:
+            raise ValueError(f"{name}: unsupported HF dots1 feature(s): {'; '.join(found)}")
+        heads = values["num_attention_heads"]
+        return cls(
+            name=name,
+            num_layers=layers,
+            hidden_size=values["hidden_size"],
+            num_attention_heads=heads,
+            num_query_groups=values["num_key_value_heads"] or heads,
+            head_dim=values.get("head_dim") or values["hidden_size"] // heads,
+            ffn_hidden_size=values["intermediate_size"],
+            num_experts=values["n_routed_experts"],
+            moe_ffn_hidden_size=values["moe_intermediate_size"],
+            moe_router_topk=values["num_experts_per_tok"],
+            vocab_size=values["vocab_size"],
+            num_dense_layers=values["first_k_dense_replace"],
+            num_shared_experts=values["n_shared_experts"],
+            moe_router_topk_scaling_factor=values["routed_scaling_factor"],
+            max_position_embeddings=values["max_position_embeddings"],
+            rotary_base=float(theta),
+            norm_epsilon=values["rms_norm_eps"],
+            init_method_std=values["initializer_range"],
+            untie_embeddings=not values["tie_word_embeddings"],
         )
 
 
@@ -238,7 +300,21 @@ class ParallelConfig:
             raise ValueError(
                 f"ep*etp = {expert_group} must divide dp*cp*tp = {dp * self.cp * self.tp} (world {world_size})"
             )
+        if self.ep == 1 and self.etp != self.tp:
+            # megatron-core's DDP reduces expert grads over the expert-data-parallel group only when
+            # ep > 1; with ep = 1 it uses the data-parallel group, which is right only when etp = tp.
+            raise ValueError(f"with ep=1, etp must equal tp ({self.tp}), not {self.etp} (wrong expert grads)")
         return dp
+
+
+# transformers' Dots1Config defaults (5.x) for the keys from_hf_config reads.
+_HF_DOTS1_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=152064, hidden_size=4608, intermediate_size=10944, moe_intermediate_size=1408, num_hidden_layers=62,
+    num_attention_heads=32, num_key_value_heads=32, n_group=1, topk_group=1, first_k_dense_replace=0,
+    norm_topk_prob=False, hidden_act="silu", max_position_embeddings=2048, initializer_range=0.02, rms_norm_eps=1e-6,
+    tie_word_embeddings=False, rope_theta=10000.0, attention_bias=False, routed_scaling_factor=1.0,
+    sliding_window=4096, max_window_layers=62,
+)
 
 
 def list_presets() -> list[str]:
