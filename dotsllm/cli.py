@@ -11,6 +11,7 @@ import warnings
 # so `dotsllm --help` does not pay for importing megatron-core.
 COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "parameters, FLOPs, memory and time of a model under a parallel layout"),
+    "pretrain": ("pretrain", "pretrain a dots1 model on Megatron token shards (the dots.llm1 recipe)"),
     "smoke-train": ("smoke_train", "train a preset on one fixed batch (the quickest end-to-end check)"),
 }
 

@@ -24,15 +24,14 @@ def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int 
         world_size = int(os.environ.get("WORLD_SIZE", 1))
         if on_cpu is False:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        if "MASTER_ADDR" not in os.environ:  # a plain `python` process: a world of one
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", str(_free_port()))
-        torch.distributed.init_process_group(
-            backend="gloo" if on_cpu else "nccl",
-            rank=rank,
-            world_size=world_size,
-            timeout=timedelta(seconds=timeout_s),
-        )
+        backend = "gloo" if on_cpu else "nccl"
+        timeout = timedelta(seconds=timeout_s)
+        if "MASTER_ADDR" in os.environ:  # torchrun / srun: env:// rendezvous
+            torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
+        else:  # a plain `python` process: a world of one, no network
+            torch.distributed.init_process_group(
+                backend=backend, store=torch.distributed.HashStore(), rank=0, world_size=1, timeout=timeout
+            )
     parallel.data_parallel_size(torch.distributed.get_world_size())  # validates the layout
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
@@ -54,10 +53,3 @@ def destroy_distributed() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

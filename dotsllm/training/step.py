@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
 import torch
@@ -50,14 +51,41 @@ def train_step(
     """Forward/backward over ``num_microbatches`` and one optimizer step.
 
     Returns the loss averaged over microbatches and data-parallel ranks (identical on every
-    rank), the grad norm, and whether the update was applied.
+    rank), the grad norm, and whether the update was applied: a step whose loss is not finite
+    is skipped on every rank.
     """
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
     for chunk in ddp_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
+    loss = _run_schedule(ddp_chunks, data_iterator, num_microbatches, micro_batch_size, seq_length, forward_only=False)
+    if not math.isfinite(loss):
+        return {"loss": loss, "grad_norm": float("nan"), "update_applied": False}
+    update_applied, grad_norm, _ = optimizer.step()
+    return {
+        "loss": loss,
+        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "update_applied": bool(update_applied),
+    }
+
+
+@torch.no_grad()
+def evaluate(ddp_chunks: list[torch.nn.Module], batches: list[dict], micro_batch_size: int, seq_length: int) -> float:
+    """Mean loss of ``batches`` (this rank's micro-batches) over all DP ranks, without updates."""
+    for chunk in ddp_chunks:
+        chunk.eval()
+    try:
+        return _run_schedule(
+            ddp_chunks, [iter(batches) for _ in ddp_chunks], len(batches), micro_batch_size, seq_length, forward_only=True
+        )
+    finally:
+        for chunk in ddp_chunks:
+            chunk.train()
+
+
+def _run_schedule(ddp_chunks, data_iterator, num_microbatches, micro_batch_size, seq_length, forward_only) -> float:
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
     losses = get_forward_backward_func()(
         forward_step_func=lm_forward_step,
         data_iterator=data_iterator,
@@ -65,14 +93,9 @@ def train_step(
         num_microbatches=num_microbatches,
         seq_length=seq_length,
         micro_batch_size=micro_batch_size,
-        forward_only=False,
+        forward_only=forward_only,
     )
-    update_applied, grad_norm, _ = optimizer.step()
-    return {
-        "loss": _global_mean_loss(losses, parallel_state),
-        "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-        "update_applied": bool(update_applied),
-    }
+    return _global_mean_loss(losses, parallel_state)
 
 
 def _global_mean_loss(losses: list[dict[str, torch.Tensor]], parallel_state) -> float:

@@ -1,0 +1,164 @@
+"""Checkpoints with megatron-core ``dist_checkpointing``: rolling ones, permanent milestones, atomic.
+
+Layout under ``<run_dir>/checkpoints``::
+
+    step_00001000/                   rolling: the newest ``keep_last`` are kept
+    milestone_tokens_001000000000000/  permanent: one per ``milestone_every_tokens``, never rotated
+    latest                           name of the newest complete checkpoint (written last)
+    .tmp_<name>/                     a checkpoint being written; ignored, removed by the next save
+
+A checkpoint is complete or absent: it is written under ``.tmp_<name>``, its ``dotsllm.json``
+metadata last, then renamed into place, and only then is ``latest`` replaced (atomically).
+Because ``dist_checkpointing`` stores global tensors, a checkpoint loads into any TP/PP/EP/DP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+META_FILE = "dotsllm.json"
+LATEST_FILE = "latest"
+# The distributed optimizer's reshardable format (the default one cannot be saved on CPU and
+# does not reshard); the non-distributed optimizer ignores these keys.
+OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
+
+
+@dataclass
+class CheckpointSettings:
+    save_every_steps: int = 1000  # rolling checkpoints; 0 disables them
+    keep_last: int = 2  # rolling checkpoints kept
+    milestone_every_tokens: float = 0  # permanent checkpoints (1e12 for dots1-142b); 0 disables
+    load: bool = True  # resume from the run's latest checkpoint when there is one
+    load_from: str | None = None  # or from this checkpoint directory (e.g. an imported HF model)
+    load_optimizer: bool = True
+
+
+def rolling_name(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def milestone_name(tokens_seen: int) -> str:
+    return f"milestone_tokens_{tokens_seen:015d}"
+
+
+def read_meta(ckpt_dir: Path) -> dict[str, Any]:
+    path = Path(ckpt_dir) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir} is not a complete dotsllm checkpoint (no {META_FILE})")
+    return json.loads(path.read_text())
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first (by step)."""
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / META_FILE).is_file()]
+    return sorted(found, key=lambda p: (read_meta(p)["step"], p.name))
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    tracker = root / LATEST_FILE
+    if tracker.is_file():
+        candidate = root / tracker.read_text().strip()
+        if (candidate / META_FILE).is_file():
+            return candidate
+    complete = list_checkpoints(root)
+    return complete[-1] if complete else None
+
+
+class Checkpointer:
+    """Decides when to save, writes atomically, rotates rolling checkpoints, loads any layout."""
+
+    def __init__(self, root: str | Path, settings: CheckpointSettings):
+        self.root = Path(root)
+        self.settings = settings
+
+    # ---- when ---------------------------------------------------------------------------------
+
+    def due(self, step: int, tokens_before: int, tokens_after: int) -> str | None:
+        """The checkpoint kind due after a step: ``milestone``, ``rolling`` or None."""
+        every = int(self.settings.milestone_every_tokens)
+        if every and tokens_after // every > tokens_before // every:
+            return "milestone"
+        if self.settings.save_every_steps and step % self.settings.save_every_steps == 0:
+            return "rolling"
+        return None
+
+    # ---- save ---------------------------------------------------------------------------------
+
+    def save(self, kind: str, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+        """Write ``state`` (a sharded state dict) on every rank; publish it atomically."""
+        from megatron.core import dist_checkpointing
+
+        name = milestone_name(meta["tokens_seen"]) if kind == "milestone" else rolling_name(meta["step"])
+        final, tmp = self.root / name, self.root / f".tmp_{name}"
+        rank0 = torch.distributed.get_rank() == 0
+        if rank0:
+            for stale in self.root.glob(".tmp_*"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        torch.distributed.barrier()
+        dist_checkpointing.save(state, str(tmp))
+        torch.distributed.barrier()
+        if rank0:
+            _write_atomic(tmp / META_FILE, json.dumps({**meta, "kind": kind, "name": name}, indent=2))
+            if final.exists():  # the same step saved again (e.g. a signal right after a save)
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.root)
+            _write_atomic(self.root / LATEST_FILE, name + "\n")
+            self._rotate()
+        torch.distributed.barrier()
+        return final
+
+    def _rotate(self) -> None:
+        rolling = [p for p in list_checkpoints(self.root) if read_meta(p)["kind"] == "rolling"]
+        latest = latest_checkpoint(self.root)
+        for old in rolling[: max(0, len(rolling) - self.settings.keep_last)]:
+            if old != latest:
+                shutil.rmtree(old)
+
+    # ---- load ---------------------------------------------------------------------------------
+
+    def latest_step(self) -> int | None:
+        latest = latest_checkpoint(self.root)
+        return read_meta(latest)["step"] if latest else None
+
+    def resume_dir(self) -> Path | None:
+        """Where to resume from: an explicit ``load_from``, else this run's latest checkpoint."""
+        if self.settings.load_from:
+            path = Path(self.settings.load_from)
+            read_meta(path)  # a clear error if it is not a complete checkpoint
+            return path
+        return latest_checkpoint(self.root) if self.settings.load else None
+
+    @staticmethod
+    def load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+        """Load ``state`` (a sharded state dict built for loading) from ``ckpt_dir``."""
+        from megatron.core import dist_checkpointing
+
+        return dist_checkpointing.load(state, str(ckpt_dir))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,191 @@
+"""Training data: megatron-core ``GPTDataset`` blends over token shards, read in a resumable order.
+
+The order of samples is a pure function of ``consumed_samples``: step k reads the global batch
+that starts where step k-1 ended, each data-parallel rank its contiguous slice of it. Resuming
+from a checkpoint's ``consumed_samples`` therefore reads exactly the samples an uninterrupted run
+would have read, whatever the batch ramp did in between.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from dotsllm.training.schedules import BatchRamp
+
+
+@dataclass
+class DataConfig:
+    """Where the token shards are and how they are split and cached."""
+
+    # Shard prefixes (``path/name`` for ``name.bin``/``name.idx``), optionally weighted:
+    # ``[prefix, ...]`` or ``[[weight, prefix], ...]``.
+    blend: list = field(default_factory=list)
+    split: str = "99,1,0"  # train, valid, test (megatron-core's split string)
+    cache_dir: str | None = None  # megatron-core's index cache (defaults to the run directory)
+    vocab_size: int | None = None  # tokenizer's vocabulary; defaults to the tokenizer file's
+    tokenizer: str | None = None  # SentencePiece ``.model`` or HF ``tokenizer.json``
+    eod_id: int | None = None  # end-of-document token; defaults to the tokenizer's EOS
+    num_workers: int = 2
+    check_tokens_per_shard: int = 1_000_000  # tokens read per shard to validate ids (0 = all)
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What megatron-core's ``GPTDataset`` needs of a tokenizer."""
+
+    vocab_size: int
+    eod: int
+    pad: int = -1  # never a real token: GPTDataset masks the loss where labels == pad
+
+    @property
+    def unique_identifiers(self) -> OrderedDict:
+        return OrderedDict(vocab_size=self.vocab_size, eod=self.eod)
+
+    @classmethod
+    def from_config(cls, config: DataConfig) -> "TokenizerInfo":
+        vocab_size, eod = config.vocab_size, config.eod_id
+        if config.tokenizer:
+            file_vocab, file_eos = _read_tokenizer_file(Path(config.tokenizer))
+            vocab_size = vocab_size if vocab_size is not None else file_vocab
+            eod = eod if eod is not None else file_eos
+        if vocab_size is None or eod is None:
+            raise ValueError("data: set data.tokenizer, or both data.vocab_size and data.eod_id")
+        return cls(vocab_size=vocab_size, eod=eod)
+
+
+def _read_tokenizer_file(path: Path) -> tuple[int, int]:
+    if not path.is_file():
+        raise FileNotFoundError(f"data.tokenizer: {path} does not exist")
+    if path.suffix == ".model":
+        import sentencepiece
+
+        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
+        return sp.get_piece_size(), sp.eos_id()
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    for name in ("<|endoftext|>", "</s>", "<eos>", "<|eos|>"):
+        token_id = tok.token_to_id(name)
+        if token_id is not None:
+            return tok.get_vocab_size(), token_id
+    raise ValueError(f"{path}: no end-of-text token found; set data.eod_id")
+
+
+def parse_blend(blend: list) -> tuple[list[str], list[float] | None]:
+    """``[prefix, ...]`` or ``[[weight, prefix], ...]`` → megatron-core's (prefixes, weights)."""
+    if not blend:
+        raise ValueError("data.blend is empty: give at least one shard prefix")
+    if all(isinstance(item, str) for item in blend):
+        return list(blend), None
+    try:
+        weights = [float(w) for w, _ in blend]
+        prefixes = [str(p) for _, p in blend]
+    except (TypeError, ValueError):
+        raise ValueError(f"data.blend must be a list of prefixes or of [weight, prefix] pairs, got {blend!r}")
+    return prefixes, weights
+
+
+def validate_shards(prefixes: list[str], tokenizer: TokenizerInfo, model_vocab_size: int, check_tokens: int) -> None:
+    """Clear errors for missing shards and token ids the tokenizer or the model cannot have."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    if tokenizer.vocab_size > model_vocab_size:
+        raise ValueError(
+            f"tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's vocab_size ({model_vocab_size})"
+        )
+    for prefix in prefixes:
+        missing = [p for p in (f"{prefix}.bin", f"{prefix}.idx") if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"token shard {prefix!r}: missing {', '.join(missing)}")
+        dataset = IndexedDataset(prefix, mmap=True)
+        tokens = np.memmap(f"{prefix}.bin", dtype=dataset.index.dtype, mode="r")
+        sample = tokens if check_tokens == 0 else tokens[:check_tokens]
+        if sample.size and int(sample.max()) >= tokenizer.vocab_size:
+            raise ValueError(
+                f"token shard {prefix}.bin holds token id {int(sample.max())}, outside the tokenizer's "
+                f"vocabulary of {tokenizer.vocab_size}: the shards were made with another tokenizer"
+            )
+
+
+def build_datasets(
+    config: DataConfig,
+    tokenizer: TokenizerInfo,
+    seq_length: int,
+    train_samples: int,
+    valid_samples: int,
+    seed: int,
+    cache_dir: str,
+):
+    """(train, valid) GPTDatasets; valid is None when the split gives it nothing."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    dataset_config = GPTDatasetConfig(
+        random_seed=seed,
+        sequence_length=seq_length,
+        blend=parse_blend(config.blend),
+        split=config.split,
+        path_to_cache=config.cache_dir or cache_dir,
+        tokenizer=tokenizer,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mid_level_dataset_surplus=0.005,
+    )
+    train, valid, _ = BlendedMegatronDatasetBuilder(
+        GPTDataset, [train_samples, valid_samples, 0], lambda: True, dataset_config
+    ).build()
+    return train, valid
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Micro-batches of sample indices for this DP rank, step after step, from ``consumed_samples``.
+
+    The global batch of each step (in samples) comes from the batch ramp at the tokens seen so far.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        consumed_samples: int,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+        seq_length: int,
+        batch_ramp: BatchRamp,
+    ):
+        self.num_samples = num_samples
+        self.consumed_samples = consumed_samples
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank, self.dp_size = dp_rank, dp_size
+        self.seq_length = seq_length
+        self.batch_ramp = batch_ramp
+
+    def global_batch_samples(self, consumed_samples: int) -> int:
+        return self.batch_ramp.global_batch_samples(
+            consumed_samples * self.seq_length, self.seq_length, self.micro_batch_size * self.dp_size
+        )
+
+    def __iter__(self) -> Iterator[list[int]]:
+        consumed = self.consumed_samples
+        while True:
+            global_batch = self.global_batch_samples(consumed)
+            if consumed + global_batch > self.num_samples:
+                return
+            per_rank = global_batch // self.dp_size
+            start = consumed + self.dp_rank * per_rank
+            for mb_start in range(start, start + per_rank, self.micro_batch_size):
+                yield list(range(mb_start, mb_start + self.micro_batch_size))
+            consumed += global_batch
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {key: torch.stack([s[key] for s in samples]) for key in ("tokens", "labels", "loss_mask", "position_ids")}
+
