@@ -73,6 +73,20 @@ def test_sampler_order_is_a_function_of_consumed_samples():
     assert batches(40, 0) == rank0[10:] and batches(40, 1) == rank1[10:]
 
 
+def test_blend_folders_expand_to_shards_weighted_by_size(tmp_path):
+    for name, size in (("00000", 300), ("00001", 100)):
+        (tmp_path / "tokens").mkdir(exist_ok=True)
+        (tmp_path / "tokens" / f"{name}.bin").write_bytes(b"x" * size)
+        (tmp_path / "tokens" / f"{name}.idx").write_bytes(b"")
+    folder = str(tmp_path / "tokens")
+    assert parse_blend([folder]) == ([f"{folder}/00000", f"{folder}/00001"], [0.75, 0.25])
+    prefixes, weights = parse_blend([[0.4, folder], [0.6, "other/x"]])
+    assert prefixes == [f"{folder}/00000", f"{folder}/00001", "other/x"]
+    assert weights == pytest.approx([0.3, 0.1, 0.6])
+    with pytest.raises(FileNotFoundError, match="holds no .bin shards"):
+        parse_blend([str(tmp_path)])
+
+
 def test_blend_and_overrides():
     assert parse_blend(["a", "b"]) == (["a", "b"], None)
     assert parse_blend([[0.3, "a"], [0.7, "b"]]) == (["a", "b"], [0.3, 0.7])

@@ -1,5 +1,7 @@
 """dots1-tiny trains on CPU through megatron-core's DDP, optimizer and schedule."""
 
+import pytest
+
 from dotsllm.training.fixed_batch import train_on_fixed_batch
 
 
@@ -7,3 +9,25 @@ def test_tiny_overfits_fixed_batch(megatron_world, tiny_config):
     losses = train_on_fixed_batch(tiny_config, steps=30)
     assert len(losses) == 30
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, tiny_config):
+    """The schedule divides each microbatch loss by their number in place; the logged loss must not."""
+    import torch
+
+    from dotsllm.model import build_model
+    from dotsllm.training.fixed_batch import make_lm_batch
+    from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, wrap_with_ddp
+    from dotsllm.training.step import attach_grad_hooks, train_step
+
+    tokens = torch.randint(0, tiny_config.vocab_size, (4, 65), generator=torch.Generator().manual_seed(3))
+    losses = []
+    for micro in (4, 2, 1):
+        torch.manual_seed(0)
+        ddp = wrap_with_ddp([build_model(tiny_config)], use_distributed_optimizer=False)
+        optimizer = build_optimizer(ddp, OptimizerSettings(use_distributed_optimizer=False))
+        attach_grad_hooks(ddp, optimizer)
+        batches = [make_lm_batch(tokens[i : i + micro]) for i in range(0, 4, micro)]
+        losses.append(train_step(ddp, optimizer, iter(batches), len(batches), micro, 64)["loss"])
+    assert losses[0] > 8.0  # ~ln(vocab) at initialization
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6) and losses[2] == pytest.approx(losses[0], rel=1e-6)

@@ -23,8 +23,8 @@ from dotsllm.training.schedules import BatchRamp
 class DataConfig:
     """Where the token shards are and how they are split and cached."""
 
-    # Shard prefixes (``path/name`` for ``name.bin``/``name.idx``), optionally weighted:
-    # ``[prefix, ...]`` or ``[[weight, prefix], ...]``.
+    # Shard prefixes (``path/name`` for ``name.bin``/``name.idx``) or folders of shards (e.g. the
+    # data pipeline's ``tokens/``), optionally weighted: ``[prefix, ...]`` or ``[[weight, prefix], ...]``.
     blend: list = field(default_factory=list)
     split: str = "99,1,0"  # train, valid, test (megatron-core's split string)
     cache_dir: str | None = None  # megatron-core's index cache (defaults to the run directory)
@@ -78,17 +78,33 @@ def _read_tokenizer_file(path: Path) -> tuple[int, int]:
 
 
 def parse_blend(blend: list) -> tuple[list[str], list[float] | None]:
-    """``[prefix, ...]`` or ``[[weight, prefix], ...]`` → megatron-core's (prefixes, weights)."""
+    """``[path, ...]`` or ``[[weight, path], ...]`` → megatron-core's (prefixes, weights).
+
+    A folder stands for every shard in it; its weight is split over them by size.
+    """
     if not blend:
-        raise ValueError("data.blend is empty: give at least one shard prefix")
+        raise ValueError("data.blend is empty: give at least one shard prefix or folder")
     if all(isinstance(item, str) for item in blend):
-        return list(blend), None
-    try:
-        weights = [float(w) for w, _ in blend]
-        prefixes = [str(p) for _, p in blend]
-    except (TypeError, ValueError):
-        raise ValueError(f"data.blend must be a list of prefixes or of [weight, prefix] pairs, got {blend!r}")
-    return prefixes, weights
+        weighted, explicit = [(1.0, item) for item in blend], False
+    else:
+        try:
+            weighted, explicit = [(float(w), str(p)) for w, p in blend], True
+        except (TypeError, ValueError):
+            raise ValueError(f"data.blend must be a list of paths or of [weight, path] pairs, got {blend!r}")
+    prefixes, weights = [], []
+    for weight, path in weighted:
+        if Path(path).is_dir():
+            shards = sorted(str(p.with_suffix("")) for p in Path(path).glob("*.bin"))
+            if not shards:
+                raise FileNotFoundError(f"data.blend: folder {path} holds no .bin shards")
+            sizes = [Path(f"{p}.bin").stat().st_size for p in shards]
+            prefixes += shards
+            weights += [weight * size / sum(sizes) for size in sizes]
+            explicit = True
+        else:
+            prefixes.append(path)
+            weights.append(weight)
+    return prefixes, weights if explicit else None
 
 
 def validate_shards(prefixes: list[str], tokenizer: TokenizerInfo, model_vocab_size: int, check_tokens: int) -> None:

@@ -25,7 +25,7 @@ def lm_forward_step(data_iterator: Iterator[dict[str, torch.Tensor]], model: tor
     def loss_func(per_token_loss: torch.Tensor):
         mask = batch["loss_mask"].to(per_token_loss.dtype)
         loss = (per_token_loss.float() * mask).sum() / mask.sum().clamp(min=1)
-        return loss, {"lm loss": loss.detach()}
+        return loss, {"lm loss": loss.detach().clone()}  # the schedule divides `loss` in place
 
     return output, loss_func
 
