@@ -147,6 +147,33 @@ class Checkpointer:
         return dist_checkpointing.load(state, str(ckpt_dir))
 
 
+def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
+    """Write one checkpoint directory outside a run's rotation (e.g. an imported model), atomically.
+
+    Like :meth:`Checkpointer.save`: written under ``.tmp_<name>`` beside it, ``dotsllm.json`` last, then
+    renamed into place. ``ckpt_dir`` must not exist yet.
+    """
+    from megatron.core import dist_checkpointing
+
+    final = Path(ckpt_dir)
+    tmp = final.with_name(f".tmp_{final.name}")
+    rank0 = torch.distributed.get_rank() == 0
+    if rank0:
+        if final.exists():
+            raise FileExistsError(f"{final} already exists")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(state, str(tmp))
+    torch.distributed.barrier()
+    if rank0:
+        _write_atomic(tmp / META_FILE, json.dumps({**meta, "name": final.name}, indent=2))
+        os.replace(tmp, final)
+        _fsync_dir(final.parent)
+    torch.distributed.barrier()
+    return final
+
+
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as f:

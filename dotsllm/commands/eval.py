@@ -1,0 +1,88 @@
+"""``dotsllm eval CKPT --tasks ...``: perplexity on held-out token shards and exact-match generation tasks.
+
+For lm-evaluation-harness, export first and evaluate the HF folder:
+
+    dotsllm export-hf CKPT OUT --tokenizer-dir TOKENIZER_DIR
+    lm_eval --model hf --model_args pretrained=OUT,dtype=bfloat16 --tasks hellaswag,arc_easy --batch_size 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = __doc__.split("\n\n", 1)[1]
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("checkpoint", help="a dotsllm checkpoint directory (holding dotsllm.json)")
+    parser.add_argument(
+        "--tasks", nargs="+", required=True, metavar="TASK",
+        help="'perplexity' (needs --data) and/or JSONL files of {\"prompt\", \"answer\"} lines (greedy exact match)",
+    )  # fmt: skip
+    ppl = parser.add_argument_group("perplexity")
+    ppl.add_argument(
+        "--data", nargs="+", default=[], metavar="PREFIX", help="held-out Megatron shards (.bin/.idx prefixes)"
+    )
+    ppl.add_argument(
+        "--seq-len", type=int, help="tokens per window (default: the checkpoint's training seq_length, else 2048)"
+    )
+    ppl.add_argument("--max-samples", type=int, help="at most this many windows (default: all)")
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--tokenizer", help="SentencePiece .model or HF tokenizer.json the model was trained with")
+    gen.add_argument("--eod-token", help="end-of-document token of a tokenizer.json (default <|endoftext|>)")
+    gen.add_argument("--max-new-tokens", type=int, help="per prompt (default: the answer's token count)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--output", help="write the results as JSON here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dotsllm.convert.checkpoint_io import load_checkpoint_model
+    from dotsllm.evaluation import exact_match, perplexity, read_tasks, token_windows
+    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel.setup import init_distributed
+    from dotsllm.training.checkpoint import read_meta
+
+    files = [t for t in args.tasks if t != "perplexity"]
+    if "perplexity" in args.tasks and not args.data:
+        raise SystemExit("dotsllm eval: the perplexity task needs --data PREFIX...")
+    if files and not args.tokenizer:
+        raise SystemExit("dotsllm eval: generation tasks need --tokenizer")
+    tasks = {Path(f).stem: read_tasks(f) for f in files}  # fail early on a bad file
+
+    init_distributed(ParallelConfig())
+    meta = read_meta(Path(args.checkpoint))
+    model, _ = load_checkpoint_model(args.checkpoint)
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "step": meta["step"],
+        "tokens_seen": meta["tokens_seen"],
+        "tasks": {},
+    }
+    table = Table(title=f"{Path(args.checkpoint).name}, step {meta['step']}")
+    for column in ("task", "metric", "value", "count"):
+        table.add_column(column)
+    if "perplexity" in args.tasks:
+        seq_len = args.seq_len or meta.get("seq_length") or 2048
+        result = perplexity(model, token_windows(args.data, seq_len, args.max_samples), args.batch_size)
+        results["tasks"]["perplexity"] = {**result.as_dict(), "seq_len": seq_len, "data": args.data}
+        table.add_row("perplexity", "perplexity", f"{result.perplexity:.4f}", f"{result.tokens:,} tokens")
+        table.add_row("", "mean loss", f"{result.mean_loss:.6f}", "")
+    if tasks:
+        from data_pipeline.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
+        for name, samples in tasks.items():
+            result = exact_match(model, tokenizer, samples, args.max_new_tokens, args.batch_size)
+            results["tasks"][name] = result
+            table.add_row(
+                name, "exact match", f"{result['exact_match']:.4f}", f"{result['correct']}/{result['samples']}"
+            )
+    Console().print(table)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    return 0

@@ -1,0 +1,32 @@
+"""``dotsllm import-hf HF_DIR CKPT``: a HF dots1 folder as a dotsllm checkpoint to start training from."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("hf_dir", help="HF Dots1ForCausalLM folder (config.json + safetensors)")
+    parser.add_argument(
+        "checkpoint", help="checkpoint directory to create; then: dotsllm pretrain ... checkpoint.load_from=CKPT"
+    )
+    layout = parser.add_argument_group(
+        "layout",
+        "Recorded only: dist_checkpointing checkpoints store global tensors, so the one written here "
+        "(by a single process) loads under any TP/PP/EP.",
+    )
+    for flag in ("--tp", "--pp", "--ep"):
+        layout.add_argument(flag, type=int, default=1)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from dotsllm.convert.checkpoint_io import import_to_checkpoint
+    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel.setup import init_distributed
+
+    init_distributed(ParallelConfig())
+    path = import_to_checkpoint(args.hf_dir, args.checkpoint, ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep))
+    Console().print(f"wrote {path} (kind imported, step 0, no optimizer state)")
+    return 0

@@ -1,0 +1,154 @@
+"""dotsllm checkpoints (megatron-core ``dist_checkpointing``) ⇄ HF dots1 folders, and loading one for inference.
+
+A checkpoint stores global tensors, so whatever TP/PP/EP/VPP saved it, one process reads it: the
+model config comes from its ``dotsllm.json``. Export streams: the model's sharded state dict is built
+on the meta device and loaded a group of tensors at a time (``dist_checkpointing.load`` reads only the
+tensors it is asked for), so memory stays near one group plus one safetensors shard.
+
+dotsllm checkpoints are trusted files (``dist_checkpointing`` unpickles their metadata); weights from
+elsewhere come in as safetensors through :func:`import_to_checkpoint`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from dotsllm.convert.hf_io import export_hf, import_hf, read_hf_config
+from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.training.checkpoint import read_meta, write_checkpoint
+
+DEFAULT_GROUP_BYTES = 512 * 2**20
+NO_INIT = {"perform_initialization": False}  # every weight is loaded
+
+
+def checkpoint_model_config(ckpt_dir: str | Path) -> Dots1ModelConfig:
+    """The model config recorded in a checkpoint's ``dotsllm.json``."""
+    return Dots1ModelConfig.from_dict(read_meta(Path(ckpt_dir))["model"], source=f"{ckpt_dir}/dotsllm.json")
+
+
+def checkpoint_dtype(ckpt_dir: str | Path) -> torch.dtype:
+    """The dtype the checkpoint stores its weights in (that of the word embeddings)."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_tensors_metadata(str(ckpt_dir))["embedding.word_embeddings.weight"].dtype
+
+
+def iter_checkpoint_tensors(
+    ckpt_dir: str | Path, cfg: Dots1ModelConfig, group_bytes: int = DEFAULT_GROUP_BYTES
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The whole model's (megatron name, tensor) pairs, read from ``ckpt_dir`` about ``group_bytes`` at a time.
+
+    Needs a world of one. Names are the local spec's unsharded ``state_dict`` names; dtypes the checkpoint's.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+
+    from dotsllm.model.accounting import build_meta_model
+
+    stored = dist_checkpointing.load_tensors_metadata(str(ckpt_dir))
+    sharded = {k: v for k, v in build_meta_model(cfg).sharded_state_dict().items() if not k.endswith("._extra_state")}
+    missing = sorted({v.key for v in sharded.values()} - set(stored))
+    if missing:
+        raise ValueError(f"{ckpt_dir}: {len(missing)} model tensor(s) missing, e.g. {missing[:5]}")
+
+    def materialized(item):
+        """``item`` with an empty CPU tensor of the stored dtype in place of its meta tensor."""
+        dtype = stored[item.key].dtype
+        if isinstance(item, ShardedTensorFactory):
+            return dataclasses.replace(item, data=torch.empty(item.data.shape, dtype=dtype))
+        return dataclasses.replace(item, data=torch.empty(item.local_shape, dtype=dtype), dtype=dtype)
+
+    def read(group: dict) -> Iterator[tuple[str, torch.Tensor]]:
+        loaded = dist_checkpointing.load(group, str(ckpt_dir))  # also returns the common (non-tensor) state
+        return ((name, loaded[name]) for name in group)
+
+    # A stored tensor is read whole (megatron stacks a layer's experts into one): group by stored key.
+    by_key: dict[str, dict] = {}
+    for name, item in sharded.items():
+        by_key.setdefault(item.key, {})[name] = item
+    group: dict = {}
+    group_size = 0
+    for items in by_key.values():
+        for name, item in items.items():
+            group[name] = materialized(item)
+            group_size += group[name].data.numel() * group[name].data.element_size()
+        if group_size >= group_bytes:
+            yield from read(group)
+            group, group_size = {}, 0
+    if group:
+        yield from read(group)
+
+
+def export_checkpoint(
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    max_shard_bytes: int = 5 * 2**30,
+    group_bytes: int | None = None,
+) -> Path:
+    """Write the HF ``Dots1ForCausalLM`` folder of a dotsllm checkpoint, streaming (see the module doc).
+
+    Tensors are read ``group_bytes`` (default a quarter shard) at a time: peak memory is about one
+    shard plus one group, whatever the model's size.
+    """
+    cfg = checkpoint_model_config(ckpt_dir)
+    tensors = iter_checkpoint_tensors(ckpt_dir, cfg, group_bytes or max_shard_bytes // 4)
+    return export_hf(tensors, cfg, out_dir, tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes)
+
+
+def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None):
+    """The whole model of a checkpoint in this process (world of one), in eval mode; returns ``(model, cfg)``.
+
+    ``dtype`` defaults to the checkpoint's.
+    """
+    from megatron.core import dist_checkpointing
+
+    from dotsllm.model.builder import build_model
+
+    cfg = checkpoint_model_config(ckpt_dir)
+    model = build_model(cfg, params_dtype=dtype or checkpoint_dtype(ckpt_dir), config_overrides=NO_INIT)
+    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(ckpt_dir))
+    model.load_state_dict(loaded["model"])
+    return model.eval(), cfg
+
+
+def import_to_checkpoint(hf_dir: str | Path, ckpt_dir: str | Path, parallel: ParallelConfig | None = None) -> Path:
+    """Write a dotsllm checkpoint (kind ``imported``, no optimizer state) from a HF dots1 folder.
+
+    The checkpoint is layout-free: training loads it under any TP/PP/EP. ``parallel`` is only recorded
+    (as ``layout_hint``; not as ``parallel``, which would make the trainer look for per-rank RNG state).
+    Written by one process holding the whole model.
+    """
+    from dotsllm.model.builder import build_model
+
+    cfg = dataclasses.replace(read_hf_config(hf_dir), name=Path(hf_dir).resolve().name)
+    dtype = getattr(torch, read_hf_dtype(hf_dir))
+    model = build_model(cfg, params_dtype=dtype, config_overrides=NO_INIT)
+    import_hf(hf_dir, model, cfg)
+    meta = {
+        "kind": "imported",
+        "source": str(Path(hf_dir).resolve()),
+        "step": 0,
+        "consumed_samples": 0,
+        "nonfinite_skipped": 0,
+        "tokens_seen": 0,
+        "model": dataclasses.asdict(cfg),
+        "layout_hint": dataclasses.asdict(parallel or ParallelConfig()),
+        "has_optimizer": False,
+    }
+    return write_checkpoint(ckpt_dir, {"model": model.sharded_state_dict()}, meta)
+
+
+def read_hf_dtype(hf_dir: str | Path) -> str:
+    """The weights' dtype named in a HF ``config.json`` (``dtype`` or the older ``torch_dtype``); float32 if absent."""
+    config = json.loads((Path(hf_dir) / "config.json").read_text())
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    if name not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"{hf_dir}/config.json: unsupported dtype {name!r}")
+    return name
