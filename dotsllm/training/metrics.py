@@ -155,7 +155,7 @@ def _wandb_run_id(run_dir: Path) -> str:
 
 def _format(record: dict[str, Any]) -> str:
     parts = [f"step {record['step']:>6}", f"tokens {record['tokens_seen']:.3e}"]
-    for key, fmt in (("loss", ".4f"), ("lr", ".2e"), ("grad_norm", ".3f"), ("tokens_per_s", ".0f"), ("mfu", ".1%")):
+    for key, fmt in (("loss", ".4f"), ("valid_loss", ".4f"), ("lr", ".2e"), ("grad_norm", ".3f"), ("tokens_per_s", ".0f"), ("mfu", ".1%")):
         value = record.get(key)
         if value is not None and not (isinstance(value, float) and math.isnan(value)):
             parts.append(f"{key.replace('_', '-')} {value:{fmt}}")
