@@ -22,9 +22,10 @@ from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model
 from dotsllm.model.accounting import distributed_parameter_counts, training_flops_per_token
 from dotsllm.parallel.setup import init_distributed
 from dotsllm.training import data as data_lib
-from dotsllm.training.checkpoint import OPTIMIZER_METADATA, Checkpointer, CheckpointSettings, read_meta
+from dotsllm.training import optimizer_state
+from dotsllm.training.checkpoint import Checkpointer, CheckpointSettings, read_meta
 from dotsllm.training.metrics import ExpertLoadMeter, LoggingSettings, MetricsLogger, aux_loss_since_last_call
-from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, wrap_with_ddp
+from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, set_lr_and_weight_decay, wrap_with_ddp
 from dotsllm.training.schedules import BatchRamp, WSDSchedule
 from dotsllm.training.step import attach_grad_hooks, evaluate, train_step
 
@@ -173,8 +174,7 @@ class Trainer:
             step_batches = [next(batches) for _ in range(num_microbatches)]
             self.last_batch_checksum = _batch_checksum(step_batches)
             lr = self.lr_schedule.lr(self.state.step, tokens_before)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
+            set_lr_and_weight_decay(self.optimizer, lr, self.config.optimizer.weight_decay)
             result = train_step(
                 self.model_chunks, self.optimizer, [iter(step_batches) for _ in self.model_chunks],
                 num_microbatches, train.micro_batch_size, train.seq_length,
@@ -268,7 +268,8 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def _sharded_state(self, is_loading: bool, with_optimizer: bool = True) -> dict[str, Any]:
+    def _sharded_state(self, load_from: Path | None = None, with_optimizer: bool = True) -> dict[str, Any]:
+        """What a checkpoint holds: to save, or to load ``load_from`` into."""
         from megatron.core.dist_checkpointing.mapping import ShardedObject
 
         model_state = {}
@@ -277,7 +278,8 @@ class Trainer:
         state: dict[str, Any] = dict(model_state)
         if with_optimizer:
             merged = {k: v for part in model_state.values() for k, v in part.items()}
-            state["optimizer"] = self.optimizer.sharded_state_dict(merged, is_loading=is_loading, metadata=OPTIMIZER_METADATA)
+            saved = optimizer_state.saved_common_state(load_from) if load_from else None
+            state["optimizer"] = optimizer_state.sharded_state_dict(self.optimizer, merged, saved)
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         state["rng"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
         return state
@@ -293,7 +295,7 @@ class Trainer:
             "seq_length": seq,
             "has_optimizer": True,
         }
-        path = self.checkpointer.save(kind, self._sharded_state(is_loading=False), meta)
+        path = self.checkpointer.save(kind, self._sharded_state(), meta)
         self.metrics.event(f"saved {kind} checkpoint {path.name}")
         return path
 
@@ -304,14 +306,14 @@ class Trainer:
             and meta.get("world_size") == torch.distributed.get_world_size()
         )
         with_optimizer = self.config.checkpoint.load_optimizer and meta.get("has_optimizer", False)
-        state = self._sharded_state(is_loading=True, with_optimizer=with_optimizer)
+        state = self._sharded_state(load_from=ckpt_dir, with_optimizer=with_optimizer)
         if not same_layout:
             state.pop("rng")  # per-rank RNG streams only carry over to the same layout
         loaded = Checkpointer.load(ckpt_dir, state)
         for i, chunk in enumerate(self.model_chunks):
             chunk.module.load_state_dict(loaded[f"model{i}" if len(self.model_chunks) > 1 else "model"])
         if with_optimizer:
-            self.optimizer.load_state_dict(loaded["optimizer"])
+            optimizer_state.load_state_dict(self.optimizer, loaded["optimizer"])
         if "rng" in loaded:
             _set_rng_state(loaded["rng"])
         if meta.get("seq_length") == self.config.training.seq_length:

@@ -31,3 +31,19 @@ def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, t
         losses.append(train_step(ddp, optimizer, iter(batches), len(batches), micro, 64)["loss"])
     assert losses[0] > 8.0  # ~ln(vocab) at initialization
     assert losses[1] == pytest.approx(losses[0], rel=1e-6) and losses[2] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_norms_and_biases_get_no_weight_decay(megatron_world, tiny_config):
+    from dotsllm.model import build_model
+    from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, set_lr_and_weight_decay, wrap_with_ddp
+
+    ddp = wrap_with_ddp([build_model(tiny_config)], use_distributed_optimizer=False)
+    optimizer = build_optimizer(ddp, OptimizerSettings(use_distributed_optimizer=False))
+    set_lr_and_weight_decay(optimizer, 2e-4, 0.1)
+    decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert all(g["lr"] == 2e-4 for g in optimizer.param_groups)
+    model = ddp[0].module
+    for name, param in model.named_parameters():
+        main = getattr(param, "main_param", param)
+        expected = 0.0 if param.dim() == 1 else 0.1
+        assert decay_of.get(id(main), decay_of.get(id(param))) == expected, name

@@ -25,7 +25,7 @@ def check_megatron_version() -> None:
 
     if package_info.__version__ != SUPPORTED_MEGATRON_CORE:
         raise RuntimeError(
-            f"dotsllm's CPU layer patches megatron-core {SUPPORTED_MEGATRON_CORE}, but "
+            f"dotsllm's compat layer patches megatron-core {SUPPORTED_MEGATRON_CORE}, but "
             f"{package_info.__version__} is installed: pip install megatron-core=={SUPPORTED_MEGATRON_CORE}"
         )
 

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dotsllm.compat import megatron_torch_adamw
+
 
 @dataclass(frozen=True)
 class OptimizerSettings:
@@ -40,6 +42,7 @@ def build_optimizer(ddp_chunks: list[torch.nn.Module], settings: OptimizerSettin
     """megatron-core's optimizer (a ChainedOptimizer over dense and expert params)."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+    megatron_torch_adamw.apply()  # the distributed optimizer's checkpoint fixes, without TE/Apex
     model_config = ddp_chunks[0].config
     config = OptimizerConfig(
         optimizer="adam",
@@ -56,3 +59,11 @@ def build_optimizer(ddp_chunks: list[torch.nn.Module], settings: OptimizerSettin
         use_distributed_optimizer=settings.use_distributed_optimizer,
     )
     return get_megatron_optimizer(config, ddp_chunks)
+
+
+def set_lr_and_weight_decay(optimizer, lr: float, weight_decay: float) -> None:
+    """This step's LR and weight decay on every param group, scaled by the group's ``lr_mult`` /
+    ``wd_mult`` (megatron-core gives norms and biases ``wd_mult=0``), as its scheduler would."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+        group["weight_decay"] = weight_decay * group.get("wd_mult", 1.0)
