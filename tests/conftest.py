@@ -1,4 +1,4 @@
-"""Shared fixtures: a single-process megatron-core world (gloo on CPU) for in-process tests."""
+"""Shared fixtures: a single-process megatron-core world (gloo on CPU) for in-process tests, a local SLURM."""
 
 import pytest
 import torch
@@ -25,3 +25,17 @@ def tiny_config():
 @pytest.fixture
 def seeded():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def local_slurm(tmp_path_factory):
+    """A one-node SLURM for the session (tests/slurm_cluster.py), stopped whether tests pass or fail.
+
+    Skips, naming what is missing, where it cannot run (not root, no slurm-wlm/munge).
+    """
+    import slurm_cluster
+
+    if reason := slurm_cluster.missing():
+        pytest.skip(f"no local SLURM: {reason}")
+    with slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm"), requeue_delay_s=5) as cluster:
+        yield cluster

@@ -52,7 +52,7 @@ class SlurmCluster:
 
     def __init__(self, root: Path, partition: str = "debug", requeue_delay_s: int | None = None):
         """``requeue_delay_s``: how soon a requeued job may start again (SLURM's ``cred_expire``; None
-        keeps SLURM's 120 s), with a backfill pass every second so that it then does."""
+        keeps SLURM's 120 s), with a scheduling pass every second so that it then does."""
         self.root = Path(root)
         self.partition = partition
         self.requeue_delay_s = requeue_delay_s
@@ -94,7 +94,8 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
 """)
         if self.requeue_delay_s is not None:
             with self.conf.open("a") as conf:
-                conf.write(f"AuthInfo=cred_expire={self.requeue_delay_s}\nSchedulerParameters=bf_interval=1\n")
+                conf.write(f"AuthInfo=cred_expire={self.requeue_delay_s}\n")
+                conf.write("SchedulerParameters=bf_interval=1,sched_interval=1\n")
 
     def _start_munged(self) -> None:
         if _munge_alive():
@@ -122,7 +123,7 @@ PartitionName={self.partition} Nodes={self.host} Default=YES MaxTime=INFINITE St
         raise RuntimeError(f"SLURM node not idle after {timeout} s; see {self.root}/log")
 
     def stop(self) -> None:
-        """Cancels the jobs left, then ends slurmd, slurmctld and (if this cluster started it) munged, by their pid files."""
+        """Cancels the jobs left, then ends slurmd, slurmctld and (if started here) munged, by their pid files."""
         if (self.root / "slurmctld.pid").exists():
             subprocess.run(["scancel", "--partition", self.partition], env=self.env, capture_output=True)
             for _ in range(100):  # wait up to 10 s for their processes to end

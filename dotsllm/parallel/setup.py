@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import timedelta
 
 import torch
@@ -11,22 +12,37 @@ from dotsllm.compat import megatron_cpu
 from dotsllm.model.config import ParallelConfig
 
 
-def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int = 600) -> None:
-    """Initialize from torchrun's environment (or as a single process) and build megatron's groups.
+def launcher_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process as its launcher set them.
 
-    NCCL on GPU, gloo on CPU (where the CPU layer for megatron-core is applied first).
+    torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` when present, else srun's ``SLURM_PROCID``/
+    ``SLURM_NTASKS``/``SLURM_LOCALID`` (one task per GPU, as ``launch/slurm/pretrain.sbatch`` starts them),
+    else a world of one.
+    """
+    if "RANK" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env["SLURM_LOCALID"])
+    return 0, 1, 0
+
+
+def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int = 600) -> None:
+    """Initialize from the launcher's environment (or as a single process) and build megatron's groups.
+
+    With ``MASTER_ADDR`` set, an env:// rendezvous there (ranks from torchrun or srun, see
+    :func:`launcher_ranks`); without, a world of one. NCCL on GPU, gloo on CPU (where the CPU layer
+    for megatron-core is applied first).
     """
     from megatron.core import parallel_state, tensor_parallel
 
     on_cpu = megatron_cpu.apply()
     if not torch.distributed.is_initialized():
-        rank = int(os.environ.get("RANK", 0))
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
-        if on_cpu is False:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        rank, world_size, local_rank = launcher_ranks(os.environ)
+        if on_cpu is False:  # modulo: a task may see only its own GPU (srun --gpus-per-task / --gpu-bind)
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
         backend = "gloo" if on_cpu else "nccl"
         timeout = timedelta(seconds=timeout_s)
-        if "MASTER_ADDR" in os.environ:  # torchrun / srun: env:// rendezvous
+        if "MASTER_ADDR" in os.environ:  # torchrun / srun
             torch.distributed.init_process_group(backend=backend, rank=rank, world_size=world_size, timeout=timeout)
         else:  # a plain `python` process: a world of one, no network
             torch.distributed.init_process_group(
@@ -52,4 +68,3 @@ def destroy_distributed() -> None:
     parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-

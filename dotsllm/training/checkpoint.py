@@ -95,24 +95,13 @@ class Checkpointer:
 
     def save(self, kind: str, state: dict[str, Any], meta: dict[str, Any]) -> Path:
         """Write ``state`` (a sharded state dict) on every rank; publish it atomically."""
-        from megatron.core import dist_checkpointing
-
         name = milestone_name(meta["tokens_seen"]) if kind == "milestone" else rolling_name(meta["step"])
-        final, tmp = self.root / name, self.root / f".tmp_{name}"
-        rank0 = torch.distributed.get_rank() == 0
-        if rank0:
-            for stale in self.root.glob(".tmp_*"):
+        if torch.distributed.get_rank() == 0:
+            for stale in self.root.glob(".tmp_*"):  # left by a crash mid-save
                 shutil.rmtree(stale, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        torch.distributed.barrier()
-        dist_checkpointing.save(state, str(tmp))
-        torch.distributed.barrier()
-        if rank0:
-            _write_atomic(tmp / META_FILE, json.dumps({**meta, "kind": kind, "name": name}, indent=2))
-            if final.exists():  # the same step saved again (e.g. a signal right after a save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
+        # replace: the same step saved again (e.g. a stop signal right after a save)
+        final = write_checkpoint(self.root / name, state, {**meta, "kind": kind}, replace=True)
+        if torch.distributed.get_rank() == 0:
             _write_atomic(self.root / LATEST_FILE, name + "\n")
             self._rotate()
         torch.distributed.barrier()
@@ -147,11 +136,10 @@ class Checkpointer:
         return dist_checkpointing.load(state, str(ckpt_dir))
 
 
-def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write one checkpoint directory outside a run's rotation (e.g. an imported model), atomically.
-
-    Like :meth:`Checkpointer.save`: written under ``.tmp_<name>`` beside it, ``dotsllm.json`` last, then
-    renamed into place. ``ckpt_dir`` must not exist yet.
+def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str, Any], replace: bool = False) -> Path:
+    """Write one checkpoint directory on every rank, atomically: under ``.tmp_<name>`` beside it,
+    ``dotsllm.json`` last, then renamed into place. An existing ``ckpt_dir`` is an error unless
+    ``replace``. Used by :meth:`Checkpointer.save` and for checkpoints outside a run (imports).
     """
     from megatron.core import dist_checkpointing
 
@@ -159,7 +147,7 @@ def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str
     tmp = final.with_name(f".tmp_{final.name}")
     rank0 = torch.distributed.get_rank() == 0
     if rank0:
-        if final.exists():
+        if final.exists() and not replace:
             raise FileExistsError(f"{final} already exists")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -168,6 +156,8 @@ def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str
     torch.distributed.barrier()
     if rank0:
         _write_atomic(tmp / META_FILE, json.dumps({**meta, "name": final.name}, indent=2))
+        if final.exists():
+            shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     torch.distributed.barrier()

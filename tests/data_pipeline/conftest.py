@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-import slurm_cluster
 from data_pipeline.config import load_config
 from data_pipeline.pipeline import run_pipeline
 from dp_planted import BLOCKED_DOMAIN, LINE_MAX_COUNT, MAX_DOC_BYTES, build_planted
@@ -55,10 +54,3 @@ def planted_run_one_task(planted) -> Path:
     return run_planted(root, "out1", ["tasks=1"])
 
 
-@pytest.fixture(scope="session")
-def local_slurm(tmp_path_factory):
-    """A one-node SLURM for the session (tests/slurm_cluster.py), stopped whether tests pass or fail."""
-    if reason := slurm_cluster.missing():
-        pytest.skip(f"no local SLURM: {reason}")
-    with slurm_cluster.SlurmCluster(tmp_path_factory.mktemp("slurm")) as cluster:
-        yield cluster
