@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def main(argv: list[str] | None = None) -> int:
     # megatron-core warns at import about every optional CUDA package it does not find.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    # dist_checkpointing still builds torch ShardedTensors, which torch has deprecated.
+    warnings.filterwarnings("ignore", category=FutureWarning, message=".*ShardedTensor")
     parser = argparse.ArgumentParser(prog="dotsllm", description="dots.llm1 on Megatron-Core")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"checkpoints of {args.run_dir}")
     for column in ("name", "step", "tokens seen", "kind", "size", "latest"):
-        table.add_column(column, justify="right" if column in ("step", "tokens seen", "size") else "left")
+        table.add_column(
+            column, justify="right" if column in ("step", "tokens seen", "size") else "left", no_wrap=column == "name"
+        )
     for r in rows:
         size = f"{r['bytes'] / 2**20:.1f} MiB"
         table.add_row(
