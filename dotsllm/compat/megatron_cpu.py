@@ -10,24 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from typing import Any, Callable
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-SUPPORTED_MEGATRON_CORE = "0.16.1"
+from dotsllm.compat import apply_once
 
 _APPLIED = False
-
-
-def check_megatron_version() -> None:
-    from megatron.core import package_info
-
-    if package_info.__version__ != SUPPORTED_MEGATRON_CORE:
-        raise RuntimeError(
-            f"dotsllm's compat layer patches megatron-core {SUPPORTED_MEGATRON_CORE}, but "
-            f"{package_info.__version__} is installed: pip install megatron-core=={SUPPORTED_MEGATRON_CORE}"
-        )
 
 
 def needed() -> bool:
@@ -36,16 +27,7 @@ def needed() -> bool:
 
 def apply() -> bool:
     """Install every patch when CUDA is absent; idempotent. Returns whether patches are active."""
-    global _APPLIED
-    if _APPLIED:
-        return True
-    if not needed():
-        return False
-    check_megatron_version()
-    for patch in PATCHES:
-        patch()
-    _APPLIED = True
-    return True
+    return apply_once(sys.modules[__name__])
 
 
 # ---- 1. torch.cuda runtime calls -------------------------------------------------------------

@@ -10,11 +10,12 @@ without TE as on CPU, so :func:`apply` installs these fixes whenever TE/Apex opt
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Callable
 
 import torch
 
-from dotsllm.compat.megatron_cpu import check_megatron_version
+from dotsllm.compat import apply_once
 
 _APPLIED = False
 
@@ -27,16 +28,7 @@ def needed() -> bool:
 
 def apply() -> bool:
     """Install every patch when TE/Apex optimizers are absent; idempotent. Returns whether active."""
-    global _APPLIED
-    if _APPLIED:
-        return True
-    if not needed():
-        return False
-    check_megatron_version()
-    for patch in PATCHES:
-        patch()
-    _APPLIED = True
-    return True
+    return apply_once(sys.modules[__name__])
 
 
 def adamw_step(value: float, param: torch.Tensor, group: dict) -> torch.Tensor:
