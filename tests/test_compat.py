@@ -125,17 +125,6 @@ def test_moe_split_sizes_are_numpy_like_on_gpu():
     assert token_dispatcher.maybe_move_tensor_to_cpu is moe_utils.maybe_move_tensor_to_cpu
 
 
-def test_router_gating_linear_runs_without_te():
-    from megatron.core.transformer.moe.moe_utils import router_gating_linear
-
-    inp = torch.randn(5, 8, requires_grad=True)
-    weight = torch.randn(4, 8, requires_grad=True)
-    out = router_gating_linear(inp, weight, None, torch.float32)
-    torch.testing.assert_close(out, inp @ weight.t())
-    out.sum().backward()
-    torch.testing.assert_close(weight.grad, inp.detach().sum(0).expand(4, 8))
-
-
 def test_torch_norm_under_sequence_parallel_marks_its_weight():
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 

@@ -148,7 +148,7 @@ def patch_rng_tracker() -> None:
 
 
 # ---- 5. transformer/moe/moe_utils.py -----------------------------------------------------------
-# `te_general_gemm` is only defined when TE imports (NameError in the fp32 router without TE).
+# (The fp32 router's `te_general_gemm` without TE is fixed in megatron_without_te.py: GPUs hit it too.)
 # `maybe_move_tensor_to_cpu(..., as_numpy=True)` only converts CUDA tensors, so on CPU the alltoall
 # dispatcher's split sizes stay tensors, which gloo's `all_to_all_single` rejects and `.tolist()`
 # callers do not expect: CPU tensors become numpy arrays too, as on GPU.
@@ -157,8 +157,6 @@ def patch_rng_tracker() -> None:
 def patch_moe_utils() -> None:
     from megatron.core.transformer.moe import moe_utils, token_dispatcher
 
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
     original = moe_utils.maybe_move_tensor_to_cpu
 
     @functools.wraps(original)
