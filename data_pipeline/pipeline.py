@@ -20,11 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipeline.manifest import write_manifest
 from data_pipeline.records import RejectedWriter
 from data_pipeline.steps.dedup_index import DedupHasher, DedupIndex
-from data_pipeline.steps.exact_dedup import ExactDedupFilter
+from data_pipeline.steps.duplicate_filter import DuplicateFilter
 from data_pipeline.steps.extract import HtmlExtractor
 from data_pipeline.steps.language import LanguageFilter
 from data_pipeline.steps.line_dedup import LineDedup
-from data_pipeline.steps.minhash import MinhashBuckets, MinhashCluster, MinhashConfig, MinhashFilter, MinhashSignature
+from data_pipeline.steps.minhash import MinhashBuckets, MinhashCluster, MinhashConfig, MinhashSignature
 from data_pipeline.steps.quality import RuleFilter
 from data_pipeline.steps.reader import InputReader
 from data_pipeline.steps.tokenize import MegatronShardWriter
@@ -92,7 +92,8 @@ def build_stages(config: DictConfig) -> list[Stage]:
 
     filtering = [intermediate_reader("ingest")]
     if steps.exact_dedup.enabled:
-        filtering.append(ExactDedupFilter(index_file, RejectedWriter(out, "exact_dedup")))
+        exact_rejects = RejectedWriter(out, "exact_dedup")
+        filtering.append(DuplicateFilter(index_file, "exact_duplicate", "🎯 Exact dedup", "exact", exact_rejects))
     if steps.line_dedup.enabled:
         filtering.append(LineDedup(index_file, RejectedWriter(out, "line_dedup")))
     for kind, rule in steps.quality.items():
@@ -112,7 +113,8 @@ def build_stages(config: DictConfig) -> list[Stage]:
 
     final = [intermediate_reader("filtered")]
     if minhash.enabled:
-        final.append(MinhashFilter(f"{work}/minhash", RejectedWriter(out, "minhash")))
+        marks, near_rejects = f"{work}/minhash/duplicates.json", RejectedWriter(out, "minhash")
+        final.append(DuplicateFilter(marks, "near_duplicate", "🎯 MinHash filter", None, near_rejects))
     final.append(JsonlWriter(f"{out}/docs", output_filename="${rank}.jsonl", compression=None, adapter=_kept_document))
     tok = steps.tokenize
     if tok.enabled:

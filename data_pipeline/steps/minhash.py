@@ -5,7 +5,7 @@ Four steps, like datatrove's minhash module but vectorized:
 bands × rows hash functions in one numpy matrix operation, and writes one hash per band;
 `MinhashBuckets` (tasks split the bands) links documents that share a band hash;
 `MinhashCluster` (one task) takes connected components and keeps each component's smallest key;
-`MinhashFilter` (per task) drops the others with `duplicate_of` the kept document.
+`DuplicateFilter` (per task) drops the others with `duplicate_of` the kept document.
 datatrove's own `MinhashDedupSignature` calls Python per shingle and per hash function and splits
 words with spaCy, which is why this is written here (see bench/bench_data_pipeline.py).
 """
@@ -17,9 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 import xxhash
-from datatrove.data import Document, DocumentsPipeline
+from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.pipeline.filters.base_filter import BaseFilter
 
 from data_pipeline.text import split_words
 
@@ -200,23 +199,3 @@ class MinhashCluster(PipelineStep):
         with open(f"{self.folder}/duplicates.json", "wb") as f:
             f.write(orjson.dumps({str(k): ids[r] for k, r in duplicate_of.items()}))
 
-
-class MinhashFilter(BaseFilter):
-    """Drops the documents `MinhashCluster` marked, with `duplicate_of` the kept document's id."""
-
-    name = "🎯 MinHash filter"
-
-    def __init__(self, folder: str, exclusion_writer=None):
-        super().__init__(exclusion_writer)
-        self.folder = folder
-        self._duplicates = None
-
-    def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if self._duplicates is None:
-            with open(f"{self.folder}/duplicates.json", "rb") as f:
-                self._duplicates = orjson.loads(f.read())
-        kept_id = self._duplicates.get(str(doc.metadata["key"]))
-        if kept_id is None:
-            return True
-        doc.metadata["duplicate_of"] = kept_id
-        return False, "near_duplicate"
