@@ -19,6 +19,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from distributed.dist_launch import free_port
+
 BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "sinfo", "scontrol", "scancel")
 MUNGE_SOCKET_DIR = Path("/run/munge")
 MUNGE_KEY = Path("/etc/munge/munge.key")
@@ -32,12 +34,6 @@ def missing() -> str | None:
     if absent:
         return f"missing {', '.join(absent)}: apt-get install -y slurm-wlm munge"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _munge_alive() -> bool:
@@ -69,8 +65,8 @@ class SlurmCluster:
         r = self.root
         self.conf.write_text(f"""ClusterName=dotsllm-test
 SlurmctldHost={self.host}(127.0.0.1)
-SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
