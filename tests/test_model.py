@@ -98,3 +98,33 @@ def test_packed_sequences_with_explicit_mask_and_positions(megatron_world, tiny_
     torch.testing.assert_close(packed_logits, expected, rtol=1e-5, atol=1e-5)
     # Without the mask the second document would see the first: the mask is really used.
     assert (causal_default[:, 24:] - expected[:, 24:]).abs().max() > 1e-3
+
+
+def test_positions_restarting_after_a_shared_prefix_reach_rope(megatron_world, tiny_config):
+    """A GRPO group row [P; R1; R2]: R2's positions restart at len(P) and R2 is masked from R1. R2's
+    logits must equal those of [P; R2] alone, which needs position ids to reach RoPE (R2 starts at
+    slot len(P)+len(R1), not at len(P)); the first-token prediction from P's last position too."""
+    model = build_model(tiny_config).eval()
+    gen = torch.Generator().manual_seed(1)
+    p, r1, r2 = (torch.randint(0, tiny_config.vocab_size, (1, n), generator=gen) for n in (10, 7, 5))
+    lp, l1, l2 = 10, 7, 5
+    row = torch.cat([p, r1, r2], dim=1)
+    positions = torch.cat([torch.arange(lp + l1), torch.arange(lp, lp + l2)])[None]
+    allowed = torch.ones(lp + l1 + l2, lp + l1 + l2, dtype=torch.bool).tril()
+    allowed[lp + l1 :, lp : lp + l1] = False  # R2 does not see R1
+    with torch.no_grad():
+        grouped = model(row, positions, ~allowed[None, None])
+        alone = model(torch.cat([p, r2], dim=1), torch.arange(lp + l2)[None], None)
+        slots = model(row, torch.arange(lp + l1 + l2)[None], ~allowed[None, None])
+    torch.testing.assert_close(grouped[:, lp + l1 :], alone[:, lp:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grouped[:, :lp], alone[:, :lp], rtol=1e-5, atol=1e-5)
+    # With slot positions (what megatron-core's GPTModel uses whatever position_ids says) R2 differs.
+    assert (slots[:, lp + l1 :] - alone[:, lp:]).abs().max() > 1e-3
+
+
+def test_rotary_for_arange_positions_equals_megatrons_table(megatron_world, tiny_config):
+    model = build_model(tiny_config)
+    ours = model.rotary_for_positions(torch.arange(16).expand(3, 16))
+    theirs = model.rotary_pos_emb(16)
+    assert ours.shape == (16, 3, 1, tiny_config.head_dim)
+    assert torch.equal(ours, theirs.expand(16, 3, 1, -1))

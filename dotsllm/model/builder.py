@@ -36,12 +36,14 @@ def build_model(
 ):
     """The part of the dots1 model this rank holds. ``parallel_state`` must be initialized.
 
-    The returned ``GPTModel`` accepts explicit ``attention_mask`` and ``position_ids`` in its
-    forward (packed sequences, prefix-shared GRPO groups).
+    The returned ``GPTModel`` (:class:`~dotsllm.model.gpt.Dots1GPTModel`) takes an explicit boolean
+    ``attention_mask`` ([b, 1, s, s], True = masked out) and ``position_ids`` ([b, s], which RoPE
+    follows) in its forward: packed sequences and prefix-shared GRPO groups.
     """
     from megatron.core import parallel_state
-    from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
+
+    from dotsllm.model.gpt import Dots1GPTModel
 
     parallel = parallel or ParallelConfig()
     chosen = resolve_backend(backend)
@@ -51,7 +53,7 @@ def build_model(
     spec = get_gpt_decoder_block_spec(
         config, use_transformer_engine=chosen == "te", normalization="RMSNorm", vp_stage=vp_stage, pp_rank=pp_rank
     )
-    return GPTModel(
+    return Dots1GPTModel(
         config=config,
         transformer_layer_spec=spec,
         pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
