@@ -1,33 +1,37 @@
-"""dotsllm pretraining: the dots.llm1 recipe on megatron-core.
+"""dotsllm pretraining: the dots.llm1 recipe on megatron-core, and the loop every trainer shares.
 
 Run with ``dotsllm pretrain CONFIG [key=value ...]`` (under ``torchrun`` for more than one process).
-The cast, in the order it is built: process groups → tokenizer + shards → model chunks → DDP +
-optimizer → schedules → data → checkpointer (resume) → metrics. The loop is :meth:`Trainer.train`.
+:class:`Trainer` declares its cast at the top; each swappable part comes from one builder method,
+which post-training trainers (SFT, GRPO) override: the data (:meth:`Trainer.build_data`), the model
+chunks in DDP with their optimizer (:meth:`Trainer.build_model`), the forward step with its
+per-token loss (:attr:`Trainer.forward_step`), and the train state (:meth:`Trainer.build_train_state`).
+What a checkpoint holds is :mod:`dotsllm.training.checkpoint_state`'s. The loop is :meth:`Trainer.train`,
+one step of it :meth:`Trainer.step`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from dotsllm.config_loading import apply_overrides, from_dict, load_yaml, to_dict
-from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model
+from dotsllm.model import Dots1ModelConfig, ParallelConfig
 from dotsllm.model.accounting import distributed_parameter_counts, training_flops_per_token
 from dotsllm.parallel.setup import init_distributed
-from dotsllm.training import data as data_lib
-from dotsllm.training import optimizer_state
-from dotsllm.training.checkpoint import Checkpointer, CheckpointSettings, read_meta
-from dotsllm.training.metrics import ExpertLoadMeter, LoggingSettings, MetricsLogger, aux_loss_since_last_call
-from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, set_lr_and_weight_decay, wrap_with_ddp
+from dotsllm.training import checkpoint_state
+from dotsllm.training.checkpoint import Checkpointer, CheckpointSettings
+from dotsllm.training.checkpoint_state import TrainState
+from dotsllm.training.data import DataConfig, PretrainData
+from dotsllm.training.metrics import AuxLossMeter, ExpertLoadMeter, LoggingSettings, MetricsLogger
+from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer, set_lr_and_weight_decay
 from dotsllm.training.schedules import BatchRamp, WSDSchedule
-from dotsllm.training.step import attach_grad_hooks, evaluate, train_step
+from dotsllm.training.step import ForwardStep, evaluate, lm_forward_step, train_step
 
 
 @dataclass
@@ -37,7 +41,7 @@ class TrainingSettings:
     train_tokens: float = 11.2e12
     seed: int = 1234
     precision: str = "bf16"  # bf16 | fp32
-    max_nonfinite_steps: int = 10  # steps skipped for a non-finite loss before the run stops
+    max_nonfinite_steps: int = 10  # steps skipped for a non-finite loss or gradient before the run stops
     eval_interval: int = 0  # steps between validation passes; 0 disables
     eval_samples: int = 0
     gpu_peak_flops: float = 989e12  # per GPU, dense bf16 (H100/H800), for MFU
@@ -49,7 +53,7 @@ class PretrainConfig:
     model: str = "dots1-tiny"
     model_overrides: dict = field(default_factory=dict)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    data: data_lib.DataConfig = field(default_factory=data_lib.DataConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     training: TrainingSettings = field(default_factory=TrainingSettings)
     optimizer: OptimizerSettings = field(default_factory=OptimizerSettings)
     lr_schedule: WSDSchedule = field(default_factory=lambda: WSDSchedule(peak_lr=3e-4, warmup_steps=0))
@@ -60,18 +64,6 @@ class PretrainConfig:
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "PretrainConfig":
         return from_dict(cls, apply_overrides(load_yaml(path), list(overrides)), where=str(path))
-
-
-@dataclass
-class TrainState:
-    """Everything besides model/optimizer that resume restores; saved in the checkpoint's metadata."""
-
-    step: int = 0
-    consumed_samples: int = 0
-    nonfinite_skipped: int = 0
-
-    def tokens_seen(self, seq_length: int) -> int:
-        return self.consumed_samples * seq_length
 
 
 class StopRequested:
@@ -95,231 +87,195 @@ class StopRequested:
 
 
 class Trainer:
-    model_cfg: Dots1ModelConfig
-    model_chunks: list[torch.nn.Module]  # DDP-wrapped, one per virtual pipeline stage
-    optimizer: Any  # megatron-core MegatronOptimizer
-    lr_schedule: WSDSchedule
-    batch_ramp: BatchRamp
-    train_data: Any  # GPTDataset / BlendedDataset
-    valid_data: Any
+    """The training loop: pretraining's parts by default; post-training trainers override builders."""
+
+    # the parts a trainer swaps
+    data: PretrainData  # build_data: the micro-batches of every step, validation batches
+    model_chunks: list[torch.nn.Module]  # build_model: DDP-wrapped, one per virtual pipeline stage
+    optimizer: Any  # build_model: megatron-core's optimizer over the chunks
+    forward_step: ForwardStep = staticmethod(lm_forward_step)  # micro-batch -> (output, per-token loss)
+    state: TrainState  # build_train_state: the progress a resume restores
+    trainer_name = "pretrain"  # recorded in checkpoints
+    # fixed parts
     checkpointer: Checkpointer
     metrics: MetricsLogger
     expert_load: ExpertLoadMeter
-    state: TrainState
+    aux_loss: AuxLossMeter
+    stop: StopRequested
 
     def __init__(self, config: PretrainConfig):
-        from megatron.core import parallel_state
-
         self.config = config
         self.run_dir = Path(config.run_dir)
-        train = config.training
-        init_distributed(config.parallel, seed=train.seed)
-        self.dp_rank = parallel_state.get_data_parallel_rank()
-        self.dp_size = parallel_state.get_data_parallel_world_size()
-
+        init_distributed(config.parallel, seed=config.training.seed)
         self.model_cfg = Dots1ModelConfig.from_preset(config.model, **config.model_overrides)
-        tokenizer = data_lib.TokenizerInfo.from_config(config.data)
-        prefixes, _ = data_lib.parse_blend(config.data.blend)
-        data_lib.validate_shards(prefixes, tokenizer, self.model_cfg.vocab_size, config.data.check_tokens_per_shard)
+        self.data = self.build_data()
+        self.model_chunks, self.optimizer = self.build_model()
+        self.state = self.build_train_state()
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint)
+        self.last_saved_step: int | None = None
+        if (resume_from := self.checkpointer.resume_dir()) is not None:
+            self.load_checkpoint(resume_from)
 
-        dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[train.precision]
-        vpp = config.parallel.vpp or 1
-        chunks = [
-            build_model(self.model_cfg, config.parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None)
-            for vp in range(vpp)
-        ]
-        self.model_chunks = wrap_with_ddp(chunks, config.optimizer.use_distributed_optimizer)
-        self.optimizer = build_optimizer(self.model_chunks, config.optimizer)
-        attach_grad_hooks(self.model_chunks, self.optimizer)
         self.expert_load = ExpertLoadMeter(self.model_chunks)
+        moe_layers = [i + 1 for i, moe in enumerate(self.model_cfg.moe_layer_freq) if moe]
+        self.aux_loss = AuxLossMeter(moe_layers, self.model_cfg.num_layers)
         counts = distributed_parameter_counts(self.model_chunks, self.model_cfg)
         self.flops_per_token = training_flops_per_token(
             counts.active_matmul, self.model_cfg.num_layers,
-            self.model_cfg.num_attention_heads * self.model_cfg.head_dim, train.seq_length,
+            self.model_cfg.num_attention_heads * self.model_cfg.head_dim, config.training.seq_length,
         )  # fmt: skip
-
-        self.lr_schedule = config.lr_schedule
-        self.batch_ramp = config.batch_ramp
-        self.train_samples = math.ceil(train.train_tokens / train.seq_length)
-        self.train_data, self.valid_data = data_lib.build_datasets(
-            config.data, tokenizer, train.seq_length, self.train_samples, train.eval_samples,
-            train.seed, cache_dir=str(self.run_dir / "data_cache"),
-        )  # fmt: skip
-
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint)
-        self.state = TrainState()
-        resume_from = self.checkpointer.resume_dir()
-        if resume_from is not None:
-            self.load_checkpoint(resume_from)
-
         self.metrics = MetricsLogger(self.run_dir, config.logging, to_dict(config), enabled=_is_logging_rank())
         self.stop = StopRequested()
+        self._window_start, self._window_tokens = time.perf_counter(), 0
+
+    # ---- the swappable parts ------------------------------------------------------------------
+
+    def build_data(self) -> PretrainData:
+        config, train = self.config, self.config.training
+        return PretrainData(
+            config.data, self.model_cfg.vocab_size, train.seq_length, train.micro_batch_size, config.batch_ramp,
+            train.train_tokens, train.eval_samples, train.seed, cache_dir=str(self.run_dir / "data_cache"),
+        )  # fmt: skip
+
+    def build_model(self) -> tuple[list[torch.nn.Module], Any]:
+        return build_model_and_optimizer(
+            self.model_cfg, self.config.parallel, self.config.training.precision, self.config.optimizer
+        )
+
+    def build_train_state(self) -> TrainState:
+        return TrainState()
 
     # ---- the loop -----------------------------------------------------------------------------
 
-    def train(self) -> str:
-        """Train until the token budget or the data is used up, or a stop signal. Returns why it ended."""
-        train = self.config.training
-        batches = self._microbatches()
-        window_start, window_tokens = time.perf_counter(), 0
-        self.metrics.event(f"training {self.model_cfg.name} from step {self.state.step} on {self.run_dir}")
-        while self.state.tokens_seen(train.seq_length) < train.train_tokens:
-            tokens_before = self.state.tokens_seen(train.seq_length)
-            global_samples = self.batch_ramp.global_batch_samples(
-                tokens_before, train.seq_length, train.micro_batch_size * self.dp_size
-            )
-            if self.state.consumed_samples + global_samples > len(self.train_data):
-                return "data exhausted: not enough samples for the next global batch"
-            num_microbatches = global_samples // (train.micro_batch_size * self.dp_size)
-            step_batches = [next(batches) for _ in range(num_microbatches)]
-            self.last_batch_checksum = _batch_checksum(step_batches)
-            lr = self.lr_schedule.lr(self.state.step, tokens_before)
-            set_lr_and_weight_decay(self.optimizer, lr, self.config.optimizer.weight_decay)
-            result = train_step(
-                self.model_chunks, self.optimizer, [iter(step_batches) for _ in self.model_chunks],
-                num_microbatches, train.micro_batch_size, train.seq_length,
-            )  # fmt: skip
-            self.state.step += 1
-            self.state.consumed_samples += global_samples
-            if not result["update_applied"]:
-                self.state.nonfinite_skipped += 1
-                self.metrics.event(f"step {self.state.step}: non-finite loss {result['loss']}, update skipped")
-            tokens_after = self.state.tokens_seen(train.seq_length)
-            window_tokens += tokens_after - tokens_before
+    @property
+    def tokens_seen(self) -> int:
+        return self.state.consumed_samples * self.config.training.seq_length
 
-            if self.state.step % self.config.logging.log_interval == 0:
-                elapsed = time.perf_counter() - window_start
-                self._log(result, lr, window_tokens / elapsed, global_samples)
-                window_start, window_tokens = time.perf_counter(), 0
-            self._check_nonfinite_budget()
-            if train.eval_interval and self.state.step % train.eval_interval == 0:
-                self._log_validation()
-            kind = self.checkpointer.due(self.state.step, tokens_before, tokens_after)
+    def train(self) -> str:
+        """Train until the token budget or the data is used up, or a stop signal; the last step is
+        always checkpointed. Returns why it ended."""
+        self.metrics.event(f"training {self.model_cfg.name} from step {self.state.step} on {self.run_dir}")
+        microbatches = self.data.microbatches(self.state.consumed_samples)
+        while (reason := self.end_reason()) is None:
+            self.step(microbatches)
             if self.stop.agreed():
-                self.save_checkpoint(kind or "rolling")
+                self.save_checkpoint("rolling")
                 self.metrics.event(f"stop signal: saved at step {self.state.step}, exiting for requeue")
                 return "stopped by signal"
-            if kind:
-                self.save_checkpoint(kind)
-        if self.checkpointer.latest_step() != self.state.step:
-            self.save_checkpoint("rolling")
-        return "token budget reached"
+        self.save_checkpoint("rolling")
+        return reason
+
+    def end_reason(self) -> str | None:
+        if self.tokens_seen >= self.config.training.train_tokens:
+            return "token budget reached"
+        if self.state.consumed_samples + self.data.global_batch_samples(self.state.consumed_samples) > len(self.data.train):
+            return "data exhausted: not enough samples for the next global batch"
+        return None
+
+    def step(self, microbatches: Iterator[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """One optimizer step on the next global batch, then its logging, validation and checkpoint."""
+        train = self.config.training
+        tokens_before = self.tokens_seen
+        global_samples = self.data.global_batch_samples(self.state.consumed_samples)
+        num_microbatches = global_samples // (train.micro_batch_size * self.data.dp_size)
+        step_batches = [next(microbatches) for _ in range(num_microbatches)]
+        lr = self.config.lr_schedule.lr(self.state.step, tokens_before)
+        set_lr_and_weight_decay(self.optimizer, lr, self.config.optimizer.weight_decay)
+        result = train_step(
+            self.model_chunks, self.optimizer, [iter(step_batches) for _ in self.model_chunks],
+            num_microbatches, train.micro_batch_size, train.seq_length, self.forward_step,
+        )  # fmt: skip
+        self.state.step += 1
+        self.state.consumed_samples += global_samples
+        self.aux_loss.add_step(num_microbatches)
+        self._window_tokens += self.tokens_seen - tokens_before
+        if not result["update_applied"]:
+            self.state.nonfinite_skipped += 1
+            self.metrics.event(f"step {self.state.step}: non-finite loss or gradients, update skipped")
+        if self.state.step % self.config.logging.log_interval == 0:
+            self._log(result, lr, global_samples, _batch_checksum(step_batches))
+        if self.state.nonfinite_skipped > train.max_nonfinite_steps:
+            raise RuntimeError(
+                f"{self.state.nonfinite_skipped} steps had a non-finite loss or gradients "
+                f"(training.max_nonfinite_steps = {train.max_nonfinite_steps}); stopping"
+            )
+        if train.eval_interval and self.state.step % train.eval_interval == 0:
+            self._log_validation()
+        if kind := self.checkpointer.due(self.state.step, tokens_before, self.tokens_seen):
+            self.save_checkpoint(kind)
+        return result
 
     # ---- parts of the loop --------------------------------------------------------------------
 
-    def _microbatches(self):
-        """This DP rank's micro-batches, from ``consumed_samples`` on (DataLoader workers prefetch)."""
+    def _log(self, result: dict, lr: float, global_samples: int, batch_checksum: int) -> None:
         train = self.config.training
-        sampler = data_lib.StepBatchSampler(
-            len(self.train_data), self.state.consumed_samples, train.micro_batch_size,
-            self.dp_rank, self.dp_size, train.seq_length, self.batch_ramp,
-        )  # fmt: skip
-        loader = torch.utils.data.DataLoader(
-            self.train_data,
-            batch_sampler=sampler,
-            num_workers=self.config.data.num_workers,
-            collate_fn=data_lib.collate,
-            persistent_workers=False,
-        )
-        device = _device()
-        return ({k: v.to(device, non_blocking=True) for k, v in batch.items()} for batch in loader)
-
-    def _check_nonfinite_budget(self) -> None:
-        if self.state.nonfinite_skipped > self.config.training.max_nonfinite_steps:
-            raise RuntimeError(
-                f"{self.state.nonfinite_skipped} steps had a non-finite loss "
-                f"(training.max_nonfinite_steps = {self.config.training.max_nonfinite_steps}); stopping"
-            )
-
-    def _log(self, result: dict, lr: float, tokens_per_s: float, global_samples: int) -> None:
-        train = self.config.training
+        elapsed = time.perf_counter() - self._window_start
+        tokens_per_s = self._window_tokens / elapsed
         world, on_gpu = torch.distributed.get_world_size(), torch.cuda.is_available()
+        expert_load = self.expert_load.collect()
+        aux = self.aux_loss.collect()
+        for layer, value in aux.items():
+            expert_load.setdefault(layer, {})["seq_aux_loss"] = value
         self.metrics.log(
             {
                 "step": self.state.step,
-                "tokens_seen": self.state.tokens_seen(train.seq_length),
+                "tokens_seen": self.tokens_seen,
                 "loss": result["loss"],
                 "lr": lr,
                 "grad_norm": result["grad_norm"],
                 "update_applied": result["update_applied"],
                 "global_batch_tokens": global_samples * train.seq_length,
-                "batch_checksum": self.last_batch_checksum,
+                "batch_checksum": batch_checksum,
                 "tokens_per_s": tokens_per_s,
                 "mfu": self.flops_per_token * tokens_per_s / (world * train.gpu_peak_flops) if on_gpu else None,
-                "aux_loss": aux_loss_since_last_call(),
+                "aux_loss": sum(aux.values()) / len(aux) if aux else None,  # mean over MoE layers, per step
                 "nonfinite_skipped": self.state.nonfinite_skipped,
-                "expert_load": self.expert_load.collect(),
+                "expert_load": expert_load,
             }
         )
+        self._window_start, self._window_tokens = time.perf_counter(), 0
 
     def _log_validation(self) -> None:
-        if self.valid_data is None:
-            return
         train = self.config.training
-        per_rank = len(self.valid_data) // self.dp_size // train.micro_batch_size * train.micro_batch_size
-        start = self.dp_rank * per_rank
-        batches = [
-            data_lib.collate([self.valid_data[i] for i in range(s, s + train.micro_batch_size)])
-            for s in range(start, start + per_rank, train.micro_batch_size)
-        ]
-        if batches:
-            loss = evaluate(self.model_chunks, batches, train.micro_batch_size, train.seq_length)
-            self.metrics.log({"step": self.state.step, "tokens_seen": self.state.tokens_seen(train.seq_length), "valid_loss": loss})
+        if batches := self.data.valid_batches():
+            logs = evaluate(self.model_chunks, batches, train.micro_batch_size, train.seq_length, self.forward_step)
+            self.metrics.log({"step": self.state.step, "tokens_seen": self.tokens_seen, "valid_loss": logs["loss"]})
 
     # ---- checkpoints --------------------------------------------------------------------------
 
-    def _sharded_state(self, load_from: Path | None = None, with_optimizer: bool = True) -> dict[str, Any]:
-        """What a checkpoint holds: to save, or to load ``load_from`` into."""
-        from megatron.core.dist_checkpointing.mapping import ShardedObject
-
-        model_state = {}
-        for i, chunk in enumerate(self.model_chunks):
-            model_state.update({f"model{i}" if len(self.model_chunks) > 1 else "model": chunk.module.sharded_state_dict()})
-        state: dict[str, Any] = dict(model_state)
-        if with_optimizer:
-            merged = {k: v for part in model_state.values() for k, v in part.items()}
-            saved = optimizer_state.saved_common_state(load_from) if load_from else None
-            state["optimizer"] = optimizer_state.sharded_state_dict(self.optimizer, merged, saved)
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-        state["rng"] = ShardedObject("rng_state", _rng_state(), (world,), (rank,), replica_id=0)
-        return state
-
-    def save_checkpoint(self, kind: str) -> Path:
-        seq = self.config.training.seq_length
-        meta = {
-            **dataclasses.asdict(self.state),
-            "tokens_seen": self.state.tokens_seen(seq),
-            "model": dataclasses.asdict(self.model_cfg),
-            "parallel": dataclasses.asdict(self.config.parallel),
-            "world_size": torch.distributed.get_world_size(),
-            "seq_length": seq,
-            "has_optimizer": True,
-        }
-        path = self.checkpointer.save(kind, self._sharded_state(), meta)
+    def save_checkpoint(self, kind: str) -> Path | None:
+        """Save unless this step is already saved; returns the path written."""
+        if self.last_saved_step == self.state.step:
+            return None
+        path = checkpoint_state.save(
+            self.checkpointer, kind, self.model_chunks, self.optimizer, self.state,
+            model=dataclasses.asdict(self.model_cfg), parallel=dataclasses.asdict(self.config.parallel),
+            seq_length=self.config.training.seq_length, tokens_seen=self.tokens_seen, trainer=self.trainer_name,
+        )  # fmt: skip
+        self.last_saved_step = self.state.step
         self.metrics.event(f"saved {kind} checkpoint {path.name}")
         return path
 
     def load_checkpoint(self, ckpt_dir: Path) -> None:
-        meta = read_meta(ckpt_dir)
-        same_layout = (
-            meta.get("parallel") == dataclasses.asdict(self.config.parallel)
-            and meta.get("world_size") == torch.distributed.get_world_size()
-        )
-        with_optimizer = self.config.checkpoint.load_optimizer and meta.get("has_optimizer", False)
-        state = self._sharded_state(load_from=ckpt_dir, with_optimizer=with_optimizer)
-        if not same_layout:
-            state.pop("rng")  # per-rank RNG streams only carry over to the same layout
-        loaded = Checkpointer.load(ckpt_dir, state)
-        for i, chunk in enumerate(self.model_chunks):
-            chunk.module.load_state_dict(loaded[f"model{i}" if len(self.model_chunks) > 1 else "model"])
-        if with_optimizer:
-            optimizer_state.load_state_dict(self.optimizer, loaded["optimizer"])
-        if "rng" in loaded:
-            _set_rng_state(loaded["rng"])
-        if meta.get("seq_length") == self.config.training.seq_length:
-            self.state = TrainState(
-                step=meta["step"], consumed_samples=meta["consumed_samples"], nonfinite_skipped=meta["nonfinite_skipped"]
+        """Resume from ``ckpt_dir``: this run's own checkpoint restores everything; a ``load_from``
+        one restores the weights, and the optimizer and progress as ``checkpoint.*`` asks."""
+        settings = self.config.checkpoint
+        own = ckpt_dir.parent == self.checkpointer.root
+        meta = checkpoint_state.load(
+            ckpt_dir, self.model_chunks, self.optimizer,
+            parallel=dataclasses.asdict(self.config.parallel), with_optimizer=own or settings.load_optimizer,
+        )  # fmt: skip
+        if not (own or settings.load_progress):
+            return
+        seq = self.config.training.seq_length
+        if meta.seq_length not in (None, seq):
+            raise ValueError(
+                f"{ckpt_dir} was trained at seq_length {meta.seq_length}, this run has {seq}: its step, "
+                "samples seen and schedules do not carry over. To start counting from zero with its weights, "
+                "run in a new run_dir with checkpoint.load_from and checkpoint.load_progress=false"
             )
+        self.state = type(self.state)(**meta.train_state)
+        self.last_saved_step = self.state.step if own else None
 
 
 def _batch_checksum(batches: list[dict[str, torch.Tensor]]) -> int:
@@ -332,35 +288,6 @@ def _batch_checksum(batches: list[dict[str, torch.Tensor]]) -> int:
         total += (batch["tokens"].reshape(-1).double() * weights).sum()
     torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
     return int(total.item())
-
-
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    import numpy as np
-    from megatron.core import tensor_parallel
-
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-    from megatron.core import tensor_parallel
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
 def _device() -> torch.device:

@@ -132,7 +132,7 @@ def test_pretraining_starts_from_an_imported_transformers_model(megatron_world, 
         loaded = dict(megatron_to_hf(trainer.model_chunks[0].module.state_dict().items(), cfg))
         expected = {k: v for f in (tmp_path / "hf").glob("*.safetensors") for k, v in load_file(f).items()}
         assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
-        batch = next(trainer._microbatches())
+        batch = next(trainer.data.microbatches(0))
         try:
             trainer.train()
         finally:

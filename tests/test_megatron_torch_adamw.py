@@ -12,12 +12,13 @@ pytestmark = pytest.mark.skipif(not megatron_torch_adamw.needed(), reason="TE/Ap
 
 def distributed_adam(tiny_config):
     """dots1-tiny (seeded) under DDP with megatron's distributed optimizer (torch AdamW inside)."""
-    from dotsllm.model import ParallelConfig, build_model
-    from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, wrap_with_ddp
+    from dotsllm.model import ParallelConfig
+    from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     torch.manual_seed(0)
-    chunks = wrap_with_ddp([build_model(tiny_config, ParallelConfig(), params_dtype=torch.float32)], True)
-    return chunks[0], build_optimizer(chunks, OptimizerSettings(use_distributed_optimizer=True))
+    settings = OptimizerSettings(use_distributed_optimizer=True)
+    chunks, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings)
+    return chunks[0], optimizer
 
 
 def train_step(ddp, optimizer) -> None:

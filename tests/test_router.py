@@ -4,10 +4,10 @@ import itertools
 
 import torch
 
-from dotsllm.model import build_model
+from dotsllm.model import ParallelConfig, build_model
 from dotsllm.training.fixed_batch import make_lm_batch
-from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, wrap_with_ddp
-from dotsllm.training.step import attach_grad_hooks, train_step
+from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
+from dotsllm.training.step import train_step
 
 
 def reference_route(x, weight, bias, top_k, scale):
@@ -68,11 +68,10 @@ def _expert_loads(model, batch):
 def test_expert_bias_moves_toward_balance(megatron_world, tiny_config):
     rate = 1e-2
     cfg = tiny_config.__class__(**{**tiny_config.__dict__, "moe_router_bias_update_rate": rate})
-    model = build_model(cfg)
     # lr = 0: only the expert bias (updated in finalize_model_grads, not by the optimizer) changes.
-    ddp = wrap_with_ddp([model], use_distributed_optimizer=False)
-    optimizer = build_optimizer(ddp, OptimizerSettings(lr=0.0, weight_decay=0.0, use_distributed_optimizer=False))
-    attach_grad_hooks(ddp, optimizer)
+    settings = OptimizerSettings(lr=0.0, weight_decay=0.0, use_distributed_optimizer=False)
+    ddp, optimizer = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings)
+    model = ddp[0].module
     batch = make_lm_batch(torch.randint(0, cfg.vocab_size, (8, 65), generator=torch.Generator().manual_seed(1)))
     routers = moe_routers(model)
 

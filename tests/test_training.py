@@ -15,18 +15,17 @@ def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, t
     """The schedule divides each microbatch loss by their number in place; the logged loss must not."""
     import torch
 
-    from dotsllm.model import build_model
+    from dotsllm.model import ParallelConfig
     from dotsllm.training.fixed_batch import make_lm_batch
-    from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, wrap_with_ddp
-    from dotsllm.training.step import attach_grad_hooks, train_step
+    from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
+    from dotsllm.training.step import train_step
 
     tokens = torch.randint(0, tiny_config.vocab_size, (4, 65), generator=torch.Generator().manual_seed(3))
     losses = []
     for micro in (4, 2, 1):
         torch.manual_seed(0)
-        ddp = wrap_with_ddp([build_model(tiny_config)], use_distributed_optimizer=False)
-        optimizer = build_optimizer(ddp, OptimizerSettings(use_distributed_optimizer=False))
-        attach_grad_hooks(ddp, optimizer)
+        settings = OptimizerSettings(use_distributed_optimizer=False)
+        ddp, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings)
         batches = [make_lm_batch(tokens[i : i + micro]) for i in range(0, 4, micro)]
         losses.append(train_step(ddp, optimizer, iter(batches), len(batches), micro, 64)["loss"])
     assert losses[0] > 8.0  # ~ln(vocab) at initialization
@@ -34,11 +33,11 @@ def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, t
 
 
 def test_norms_and_biases_get_no_weight_decay(megatron_world, tiny_config):
-    from dotsllm.model import build_model
-    from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, set_lr_and_weight_decay, wrap_with_ddp
+    from dotsllm.model import ParallelConfig
+    from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer, set_lr_and_weight_decay
 
-    ddp = wrap_with_ddp([build_model(tiny_config)], use_distributed_optimizer=False)
-    optimizer = build_optimizer(ddp, OptimizerSettings(use_distributed_optimizer=False))
+    settings = OptimizerSettings(use_distributed_optimizer=False)
+    ddp, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings)
     set_lr_and_weight_decay(optimizer, 2e-4, 0.1)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert all(g["lr"] == 2e-4 for g in optimizer.param_groups)

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--pp", "pipeline parallel"),
         ("--ep", "expert parallel"),
         ("--etp", "expert tensor parallel"),
-        ("--cp", "context parallel"),
+        ("--cp", "context parallel (not supported yet: only 1)"),
     ]:
         layout.add_argument(flag, type=int, default=1, help=f"{text} size (default 1)")
     layout.add_argument("--dp", type=int, help="data parallel size (default: from --gpus, else 1)")
@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from dotsllm.model.accounting import make_plan
     from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
 
-    parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, cp=args.cp)
+    try:
+        parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, cp=args.cp)
+    except ValueError as e:
+        raise SystemExit(f"dotsllm plan: {e}") from None
     if args.gpus is not None:
         dp = parallel.data_parallel_size(args.gpus)
         if args.dp is not None and args.dp != dp:

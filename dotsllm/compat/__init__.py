@@ -1,7 +1,8 @@
 """Patches for megatron-core 0.16.1, one module per situation that needs them.
 
 ``megatron_cpu``: a CPU-only torch (gloo). ``megatron_torch_adamw``: the distributed optimizer with
-torch's AdamW (no TE/Apex). Each module lists its ``PATCHES`` (each naming the upstream spot it
+torch's AdamW (no TE/Apex). ``megatron_without_te``: no Transformer Engine. ``megatron_per_token_loss``:
+the sequence aux loss under per-token loss normalization (every machine). Each module lists its ``PATCHES`` (each naming the upstream spot it
 covers), says when it is ``needed()``, and installs them with :func:`apply_once`.
 """
 

@@ -1,6 +1,6 @@
 """The dots1 architecture as one typed config, and its mapping onto megatron-core.
 
-A preset (``configs/model/<name>.yaml``) fills :class:`Dots1ModelConfig`; :class:`ParallelConfig`
+A preset (``dotsllm/model/presets/<name>.yaml``, shipped in the package) fills :class:`Dots1ModelConfig`; :class:`ParallelConfig`
 holds the parallel layout. :meth:`Dots1ModelConfig.transformer_config` turns both into
 megatron-core's ``TransformerConfig``; :meth:`Dots1ModelConfig.gpt_model_kwargs` gives the
 ``GPTModel`` arguments that live outside it (vocabulary, RoPE, untied embeddings).
@@ -16,7 +16,9 @@ from typing import Any
 import torch
 import yaml
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "model"
+from dotsllm.config_loading import from_dict
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
 
 
 @dataclass(frozen=True)
@@ -76,11 +78,13 @@ class Dots1ModelConfig:
         )
         if missing:
             raise ValueError(f"{source}: missing model config field(s) {missing}")
-        return cls(**values)
+        # Values typed by the field: YAML reads `1e-3` (no dot) as a string, e.g. in a
+        # `model_overrides.moe_aux_loss_coeff=1e-3` override.
+        return from_dict(cls, values, where=source)
 
     @classmethod
     def from_preset(cls, name_or_path: str | Path, **overrides: Any) -> "Dots1ModelConfig":
-        """Load ``configs/model/<name>.yaml`` (or a YAML path) and apply field overrides."""
+        """Load the preset ``<name>`` (or a YAML path) and apply field overrides."""
         path = Path(name_or_path)
         if not path.suffix:
             path = PRESET_DIR / f"{name_or_path}.yaml"
@@ -148,6 +152,8 @@ class Dots1ModelConfig:
             moe_token_dispatcher_type="alltoall",
             moe_grouped_gemm=on_gpu,
             moe_permute_fusion=False,
+            # losses are (sum, token count) and gradients a global per-token mean (training/step.py)
+            calculate_per_token_loss=True,
             # precision
             params_dtype=params_dtype,
             bf16=params_dtype == torch.bfloat16,
@@ -284,6 +290,12 @@ class ParallelConfig:
     etp: int = 1  # expert tensor parallelism (megatron-core's expert_tensor_parallel_size)
     cp: int = 1
     vpp: int | None = None  # virtual pipeline stages per rank (interleaved 1F1B)
+
+    def __post_init__(self) -> None:
+        if self.cp != 1:
+            # megatron-core would scale the loss by CP and expects each rank's slice of every
+            # sequence (load-balanced chunks); dotsllm's data path does not split sequences.
+            raise ValueError(f"context parallelism (cp={self.cp}) is not supported by dotsllm; use cp=1")
 
     @property
     def sequence_parallel(self) -> bool:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import torch
 
-from dotsllm.compat import megatron_cpu, megatron_without_te
+from dotsllm.compat import megatron_cpu, megatron_per_token_loss, megatron_without_te
 from dotsllm.model.config import ParallelConfig
 
 
@@ -37,6 +37,7 @@ def init_distributed(parallel: ParallelConfig, seed: int = 1234, timeout_s: int 
 
     on_cpu = megatron_cpu.apply()
     megatron_without_te.apply()
+    megatron_per_token_loss.apply()
     if not torch.distributed.is_initialized():
         rank, world_size, local_rank = launcher_ranks(os.environ)
         if on_cpu is False:  # modulo: a task may see only its own GPU (srun --gpus-per-task / --gpu-bind)

@@ -6,9 +6,10 @@ Layout under ``<run_dir>/checkpoints``::
     milestone_tokens_001000000000000/  permanent: one per ``milestone_every_tokens``, never rotated
     latest                           name of the newest complete checkpoint (written last)
     .tmp_<name>/                     a checkpoint being written; ignored, removed by the next save
+    .old_<name>/                     one being replaced by a new <name>; restored if that never arrived
 
 A checkpoint is complete or absent: it is written under ``.tmp_<name>``, its ``dotsllm.json``
-metadata last, then renamed into place, and only then is ``latest`` replaced (atomically).
+metadata last, then renamed into place, and only then is ``latest`` replaced (atomically, its directory fsynced).
 Because ``dist_checkpointing`` stores global tensors, a checkpoint loads into any TP/PP/EP/DP.
 """
 
@@ -25,6 +26,7 @@ import torch
 
 META_FILE = "dotsllm.json"
 LATEST_FILE = "latest"
+OLD_PREFIX = ".old_"  # a checkpoint being replaced by a new one of the same name
 # The distributed optimizer's reshardable format (the default one cannot be saved on CPU and
 # does not reshard); the non-distributed optimizer ignores these keys.
 OPTIMIZER_METADATA = {"distrib_optim_sharding_type": "fully_reshardable", "chained_optim_avoid_prefix": True}
@@ -35,9 +37,12 @@ class CheckpointSettings:
     save_every_steps: int = 1000  # rolling checkpoints; 0 disables them
     keep_last: int = 2  # rolling checkpoints kept
     milestone_every_tokens: float = 0  # permanent checkpoints (1e12 for dots1-142b); 0 disables
-    load: bool = True  # resume from the run's latest checkpoint when there is one
-    load_from: str | None = None  # or from this checkpoint directory (e.g. an imported HF model)
+    load: bool = True  # resume from the run's latest checkpoint (everything) when there is one
+    load_from: str | None = None  # a fresh run (no checkpoint of its own yet) starts from this one
+    # What a run started from `load_from` takes from it besides the weights: the optimizer state, and
+    # the step, samples seen and schedules' position (False: count from zero, e.g. a new seq_length).
     load_optimizer: bool = True
+    load_progress: bool = True
 
 
 def rolling_name(step: int) -> str:
@@ -103,6 +108,7 @@ class Checkpointer:
         final = write_checkpoint(self.root / name, state, {**meta, "kind": kind}, replace=True)
         if torch.distributed.get_rank() == 0:
             _write_atomic(self.root / LATEST_FILE, name + "\n")
+            _fsync_dir(self.root)  # the rename of `latest` survives a power loss
             self._rotate()
         torch.distributed.barrier()
         return final
@@ -116,17 +122,21 @@ class Checkpointer:
 
     # ---- load ---------------------------------------------------------------------------------
 
-    def latest_step(self) -> int | None:
-        latest = latest_checkpoint(self.root)
-        return read_meta(latest)["step"] if latest else None
-
     def resume_dir(self) -> Path | None:
-        """Where to resume from: an explicit ``load_from``, else this run's latest checkpoint."""
+        """Where to resume from: this run's latest checkpoint (a requeued job continues its own
+        progress), else ``load_from`` for a run that has none yet, else nothing."""
+        if self.settings.load:
+            if torch.distributed.get_rank() == 0:
+                _finish_interrupted_replace(self.root)
+            torch.distributed.barrier()
+            own = latest_checkpoint(self.root)
+            if own is not None:
+                return own
         if self.settings.load_from:
             path = Path(self.settings.load_from)
             read_meta(path)  # a clear error if it is not a complete checkpoint
             return path
-        return latest_checkpoint(self.root) if self.settings.load else None
+        return None
 
     @staticmethod
     def load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
@@ -156,12 +166,29 @@ def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str
     torch.distributed.barrier()
     if rank0:
         _write_atomic(tmp / META_FILE, json.dumps({**meta, "name": final.name}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
+        old = final.with_name(f"{OLD_PREFIX}{final.name}")
+        if final.exists():  # moved aside, not deleted, until the new one is in place
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
+        shutil.rmtree(old, ignore_errors=True)
     torch.distributed.barrier()
     return final
+
+
+def _finish_interrupted_replace(root: Path) -> None:
+    """After a crash while a checkpoint was being replaced by one of the same name: put the old one
+    back if the new one never arrived, else drop it."""
+    if not root.is_dir():
+        return
+    for old in root.glob(f"{OLD_PREFIX}*"):
+        final = root / old.name.removeprefix(OLD_PREFIX)
+        if (final / META_FILE).is_file():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(old, final)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -205,3 +205,72 @@ class StepBatchSampler(torch.utils.data.Sampler):
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.stack([s[key] for s in samples]) for key in ("tokens", "labels", "loss_mask", "position_ids")}
 
+
+class PretrainData:
+    """Pretraining's data part: GPTDataset blends sized for the run, read step by step.
+
+    The train dataset holds exactly the samples the batch ramp consumes until the token budget is
+    reached (:meth:`BatchRamp.samples_to_reach`), so the last step is never cut short.
+    """
+
+    def __init__(
+        self,
+        config: DataConfig,
+        model_vocab_size: int,
+        seq_length: int,
+        micro_batch_size: int,
+        batch_ramp: BatchRamp,
+        train_tokens: float,
+        eval_samples: int,
+        seed: int,
+        cache_dir: str,
+    ):
+        from megatron.core import parallel_state
+
+        self.config = config
+        self.seq_length = seq_length
+        self.micro_batch_size = micro_batch_size
+        self.batch_ramp = batch_ramp
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.tokenizer = TokenizerInfo.from_config(config)
+        prefixes, _ = parse_blend(config.blend)
+        validate_shards(prefixes, self.tokenizer, model_vocab_size, config.check_tokens_per_shard)
+        self.steps, self.train_samples = batch_ramp.samples_to_reach(
+            train_tokens, seq_length, micro_batch_size * self.dp_size
+        )
+        self.train, self.valid = build_datasets(
+            config, self.tokenizer, seq_length, self.train_samples, eval_samples, seed, cache_dir
+        )
+
+    def global_batch_samples(self, consumed_samples: int) -> int:
+        return self.batch_ramp.global_batch_samples(
+            consumed_samples * self.seq_length, self.seq_length, self.micro_batch_size * self.dp_size
+        )
+
+    def microbatches(self, consumed_samples: int) -> Iterator[dict[str, torch.Tensor]]:
+        """This DP rank's micro-batches from ``consumed_samples`` on, on the training device
+        (DataLoader workers prefetch)."""
+        sampler = StepBatchSampler(
+            len(self.train), consumed_samples, self.micro_batch_size, self.dp_rank, self.dp_size,
+            self.seq_length, self.batch_ramp,
+        )  # fmt: skip
+        loader = torch.utils.data.DataLoader(
+            self.train,
+            batch_sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=collate,
+            persistent_workers=False,
+        )
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        return ({k: v.to(device, non_blocking=True) for k, v in batch.items()} for batch in loader)
+
+    def valid_batches(self) -> list[dict[str, torch.Tensor]]:
+        """This DP rank's share of the validation samples, as micro-batches."""
+        if self.valid is None:
+            return []
+        mbs = self.micro_batch_size
+        per_rank = len(self.valid) // self.dp_size // mbs * mbs
+        start = self.dp_rank * per_rank
+        return [collate([self.valid[i] for i in range(s, s + mbs)]) for s in range(start, start + per_rank, mbs)]
+

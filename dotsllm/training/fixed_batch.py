@@ -8,9 +8,9 @@ from typing import Callable
 
 import torch
 
-from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model
-from dotsllm.training.optimizer import OptimizerSettings, build_optimizer, wrap_with_ddp
-from dotsllm.training.step import attach_grad_hooks, train_step
+from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
+from dotsllm.training.step import train_step
 
 
 def make_lm_batch(tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -39,10 +39,7 @@ def train_on_fixed_batch(
 
     ``parallel_state`` must be initialized (``dotsllm.parallel.setup.init_distributed``).
     """
-    model = build_model(model_cfg, ParallelConfig())
-    ddp_chunks = wrap_with_ddp([model], settings.use_distributed_optimizer)
-    optimizer = build_optimizer(ddp_chunks, settings)
-    attach_grad_hooks(ddp_chunks, optimizer)
+    ddp_chunks, optimizer = build_model_and_optimizer(model_cfg, ParallelConfig(), "fp32", settings)
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, model_cfg.vocab_size, (micro_batch_size, seq_length + 1), generator=generator)
     batch = make_lm_batch(tokens)

@@ -78,23 +78,46 @@ class ExpertLoadMeter:
         return dict(sorted(stats.items()))
 
 
-def aux_loss_since_last_call() -> float | None:
-    """Mean sequence aux loss per MoE layer over the window, from megatron-core's tracker; resets."""
-    from megatron.core.transformer.moe.moe_utils import (
-        clear_aux_losses_tracker,
-        get_moe_layer_wise_logging_tracker,
-        reduce_aux_losses_tracker_across_ranks,
-    )
+class AuxLossMeter:
+    """The sequence aux loss of each MoE layer per step (before its coefficient), from megatron-core.
 
-    tracker = get_moe_layer_wise_logging_tracker()
-    if not tracker:
-        return None
-    reduce_aux_losses_tracker_across_ranks()
-    values = [entry["values"].float().clone() for entry in tracker.values()]
-    clear_aux_losses_tracker()
-    total = sum(v.sum().item() for v in values)
-    count = sum(int((v != 0).sum().item()) for v in values)
-    return total / count if count else None
+    megatron's tracker adds a layer's value once per micro-batch; :meth:`collect` reduces it over
+    the pipeline, tensor and data-parallel ranks as megatron does and divides by the micro-batches
+    run since the last call: with ``log_interval`` 1 that is the step's value, else the mean of the
+    window's steps.
+    """
+
+    NAME = "seq_load_balancing_loss"
+
+    def __init__(self, moe_layer_numbers: list[int], num_layers: int):
+        self.layers = moe_layer_numbers  # 1-based, as megatron numbers them
+        self.num_layers = num_layers
+        self.microbatches = 0
+
+    def add_step(self, num_microbatches: int) -> None:
+        self.microbatches += num_microbatches
+
+    def collect(self) -> dict[int, float]:
+        """``{layer: aux loss}``, empty when nothing was tracked; resets the window."""
+        from megatron.core.transformer.moe.moe_utils import (
+            clear_aux_losses_tracker,
+            get_moe_layer_wise_logging_tracker,
+            reduce_aux_losses_tracker_across_ranks,
+        )
+
+        trackers = get_moe_layer_wise_logging_tracker()
+        if self.NAME not in trackers:  # a pipeline stage without MoE layers still joins the reductions
+            device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else "cpu"
+            trackers[self.NAME] = {"values": torch.zeros(self.num_layers, device=device), "reduce_group": None,
+                                   "avg_group": None, "reduce_group_has_dp": False}  # fmt: skip
+        per_layer = {}
+        if self.microbatches:
+            reduce_aux_losses_tracker_across_ranks([self.NAME])
+            values = (trackers[self.NAME]["values"].double() / self.microbatches).tolist()
+            per_layer = {n: values[n - 1] for n in self.layers}
+        clear_aux_losses_tracker()
+        self.microbatches = 0
+        return per_layer
 
 
 class MetricsLogger:

@@ -1,4 +1,4 @@
-"""Wrap model chunks in megatron-core's DDP and build its optimizer (AdamW as in dots.llm1)."""
+"""The model + DDP + optimizer part of a trainer: megatron-core chunks, DDP, AdamW as in dots.llm1."""
 
 from __future__ import annotations
 
@@ -7,6 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from dotsllm.compat import megatron_torch_adamw
+from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model
+
+PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,26 @@ class OptimizerSettings:
     adam_eps: float = 1e-8
     clip_grad: float = 1.0
     use_distributed_optimizer: bool = True
+
+
+def build_model_and_optimizer(
+    model_cfg: Dots1ModelConfig, parallel: ParallelConfig, precision: str, settings: "OptimizerSettings"
+) -> tuple[list[torch.nn.Module], object]:
+    """This rank's model chunks (one per virtual pipeline stage) in megatron DDP, the optimizer, and
+    the schedules' hooks (loss scaling, grad finalization)."""
+    from dotsllm.training.step import attach_grad_hooks
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"training.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    vpp = parallel.vpp or 1
+    chunks = [
+        build_model(model_cfg, parallel, params_dtype=PRECISIONS[precision], vp_stage=vp if vpp > 1 else None)
+        for vp in range(vpp)
+    ]
+    ddp_chunks = wrap_with_ddp(chunks, settings.use_distributed_optimizer)
+    optimizer = build_optimizer(ddp_chunks, settings)
+    attach_grad_hooks(ddp_chunks, optimizer)
+    return ddp_chunks, optimizer
 
 
 def wrap_with_ddp(model_chunks: list[torch.nn.Module], use_distributed_optimizer: bool) -> list[torch.nn.Module]:

@@ -95,6 +95,19 @@ class BatchRamp:
                 current = point.global_batch_tokens
         return current
 
+    def samples_to_reach(self, train_tokens: float, seq_length: int, granularity: int) -> tuple[int, int]:
+        """(steps, samples) of a run that steps through this ramp until ``train_tokens`` are seen.
+
+        The last step is whole, so a budget the final global batch does not divide is overshot by
+        less than one batch (the 142B run: 133,863 steps, not the ceil(11.2e12 / 8192) samples that
+        fall 33.9M tokens short of the budget).
+        """
+        steps = samples = 0
+        while samples * seq_length < train_tokens:
+            samples += self.global_batch_samples(samples * seq_length, seq_length, granularity)
+            steps += 1
+        return steps, samples
+
     def global_batch_samples(self, tokens_seen: float, seq_length: int, granularity: int) -> int:
         """Samples per step; must be a multiple of ``granularity`` (micro batch x DP)."""
         tokens = self.global_batch_tokens(tokens_seen)
