@@ -4,20 +4,20 @@
 
 One process (gloo, a world of one), torch/OMP threads fixed by ``--threads``.
 
-- loop: ``Trainer.train()`` on a generated token shard, logging every step (wandb off, checkpoint
-  saves off). A step runs from the end of the previous one to the end of its ``metrics.log`` call,
-  so data loading, the batch checksum, LR setting, aux-loss and expert-load collection, logging and
-  the stop-signal check all count.
+- loop: ``Trainer.step()`` (one iteration of ``Trainer.train()``) plus its stop-signal check, on a
+  generated token shard, logging every step (wandb off, checkpoint saves off): data loading, the
+  batch checksum, LR and weight decay setting, the per-token loss reduction, the finite-gradient
+  check, aux-loss and expert-load collection and logging all count.
 - bare: a second model with the loop model's initial weights, wrapped by megatron-core DDP and
   ``get_megatron_optimizer`` with the loop's settings; per step only what megatron-core's own
-  training loop does (``zero_grad_buffer``, ``zero_grad``, ``get_forward_backward_func()(...)``,
-  ``optimizer.step()``), over the loop's samples collated beforehand.
+  training loop does (``zero_grad_buffer``, ``zero_grad``, LR and weight decay per param group,
+  ``get_forward_backward_func()(...)`` with the same per-token loss, ``optimizer.step()``), over the
+  loop's samples collated beforehand.
 
-Both see the same samples in the same order, so their losses must be identical (checked: they do
-the same work). They alternate step by step: each loop step's ``metrics.log`` call is followed by
-the bare step on the same samples, timed apart, so load from other processes on the machine hits
-both alike. The first ``--warmup`` steps of each are not counted; the table shows medians.
-"outside train_step" is the loop's step minus its ``train_step`` call: the loop's own work.
+Both see the same samples in the same order, so their losses must be identical; the bench exits
+with an error when they are not (then it would not be measuring the same work). They alternate step
+by step, so load from other processes on the machine hits both alike. The first ``--warmup`` steps
+of each are not counted; the table shows medians.
 """
 
 import argparse
@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--microbatches", type=int, default=2, help="micro-batches per step")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of the loop")
     parser.add_argument("--model-overrides", default="{}", help="YAML mapping over the dots1-tiny preset")
-    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the loop blocks to FILE")
+    parser.add_argument("--profile", metavar="FILE", help="write a cProfile of the loop steps to FILE")
     args = parser.parse_args()
     if args.warmup < 1:
         parser.error("--warmup must be at least 1: the first loop step starts the data loader")
@@ -60,58 +60,35 @@ def main() -> None:
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
 
-    import dotsllm.train as train_module
-    from dotsllm.training.step import train_step
-
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_train_step_"))
     trainer = make_trainer(args, work)
     bare_step, bare_losses = make_bare_step(args, trainer)
 
-    train_step_seconds = []
-
-    def timed_train_step(*a, **kw):
-        start = time.perf_counter()
-        result = train_step(*a, **kw)
-        train_step_seconds.append(time.perf_counter() - start)
-        return result
-
-    train_module.train_step = timed_train_step
-    trainer.save_checkpoint = lambda kind: None  # train() saves when it returns; not part of a step
-
-    # Each loop step is followed, inside its metrics.log call, by the bare step on the same samples.
     profiler = cProfile.Profile() if args.profile else None
-    log, resumed = trainer.metrics.log, None
-    bare_times, loop_times, outside = [], [], []
-
-    def log_then_bare_step(record: dict) -> None:
-        nonlocal resumed
-        log(record)
-        logged = _now()
-        step = record["step"]
-        if step > args.warmup:
-            loop_times.append(_minus(logged, resumed))
-            outside.append(loop_times[-1][0] - train_step_seconds[-1])
-        if profiler:
-            profiler.disable()
-        bare_step(step - 1)
-        resumed = _now()
-        if profiler:
-            profiler.enable()
-        if step > args.warmup:
-            bare_times.append(_minus(resumed, logged))
-
-    trainer.metrics.log = log_then_bare_step
-    with profiler or contextlib.nullcontext():
-        trainer.train()
+    bare_times, loop_times = [], []
+    microbatches = trainer.data.microbatches(trainer.state.consumed_samples)
+    for step in range(args.warmup + args.steps):
+        start = _now()
+        with profiler or contextlib.nullcontext():
+            trainer.step(microbatches)
+            trainer.stop.agreed()
+        looped = _now()
+        bare_step(step)
+        if step >= args.warmup:
+            loop_times.append(_minus(looped, start))
+            bare_times.append(_minus(_now(), looped))
+    trainer.metrics.close()
     if profiler:
         profiler.dump_stats(args.profile)
 
     records = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]
-    same = [r["loss"] for r in records] == bare_losses
-    print(f"bare and loop losses {'identical' if same else 'DIFFER'} at all {len(records)} steps")
-    reported = [r["global_batch_tokens"] / r["tokens_per_s"] for r in records if r["step"] > args.warmup]
-    report(args, trainer, bare_times, loop_times, reported, outside)
+    loop_losses = [r["loss"] for r in records]
+    if loop_losses != bare_losses:
+        worst = max(abs(a - b) for a, b in zip(loop_losses, bare_losses))
+        sys.exit(f"bare and loop losses DIFFER (by up to {worst:.3e}): the two sides do not do the same work")
+    print(f"bare and loop losses identical at all {len(records)} steps")
+    report(args, trainer, bare_times, loop_times)
 
 
 def tokens_per_step(args: argparse.Namespace) -> int:
@@ -153,33 +130,28 @@ def make_trainer(args: argparse.Namespace, work: Path):
 def make_bare_step(args: argparse.Namespace, trainer):
     """``bare_step(step)``, one bare megatron-core step on the samples the loop reads at ``step``, and the
     list it appends each step's loss to."""
-    import torch
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from dotsllm.model import build_model
     from dotsllm.training import data as data_lib
-    from dotsllm.training.optimizer import build_optimizer, wrap_with_ddp
-    from dotsllm.training.step import attach_grad_hooks, lm_forward_step
+    from dotsllm.training.optimizer import build_model_and_optimizer, set_lr_and_weight_decay
+    from dotsllm.training.step import lm_forward_step
 
     config = trainer.config
-    module = build_model(
-        trainer.model_cfg, config.parallel, params_dtype=trainer.model_chunks[0].module.config.params_dtype
+    [model], optimizer = build_model_and_optimizer(
+        trainer.model_cfg, config.parallel, config.training.precision, config.optimizer
     )
-    module.load_state_dict(trainer.model_chunks[0].module.state_dict())
-    [model] = wrap_with_ddp([module], config.optimizer.use_distributed_optimizer)
-    optimizer = build_optimizer([model], config.optimizer)
-    attach_grad_hooks([model], optimizer)
+    model.module.load_state_dict(trainer.model_chunks[0].module.state_dict())
     mbs, per_step = args.micro_batch_size, args.micro_batch_size * args.microbatches
     batches = [
-        [data_lib.collate([trainer.train_data[i] for i in range(s, s + mbs)]) for s in range(first, first + per_step, mbs)]
+        [data_lib.collate([trainer.data.train[i] for i in range(s, s + mbs)]) for s in range(first, first + per_step, mbs)]
         for first in range(0, (args.warmup + args.steps) * per_step, per_step)
     ]  # fmt: skip
 
     def bare_step(step: int) -> None:
         model.zero_grad_buffer()
         optimizer.zero_grad()
-        for group in optimizer.param_groups:
-            group["lr"] = trainer.lr_schedule.lr(step, step * tokens_per_step(args))
+        lr = config.lr_schedule.lr(step, step * tokens_per_step(args))
+        set_lr_and_weight_decay(optimizer, lr, config.optimizer.weight_decay)
         losses = get_forward_backward_func()(
             forward_step_func=lm_forward_step,
             data_iterator=iter(batches[step]),
@@ -189,13 +161,14 @@ def make_bare_step(args: argparse.Namespace, trainer):
             micro_batch_size=mbs,
         )
         optimizer.step()
-        step_losses.append(torch.stack([d["lm loss"] for d in losses]).mean().item())
+        loss_sum, tokens = sum(d["loss"].double() for d in losses).tolist()
+        step_losses.append(loss_sum / tokens)
 
     step_losses = []
     return bare_step, step_losses
 
 
-def report(args, trainer, bare_times, loop_times, reported, outside) -> None:
+def report(args, trainer, bare_times, loop_times) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -216,9 +189,6 @@ def report(args, trainer, bare_times, loop_times, reported, outside) -> None:
         table.add_row(
             label, str(len(times)), f"{wall:.4f}", f"{wall / bare_wall:.3f}", f"{cpu:.4f}", f"{cpu / bare_cpu:.3f}"
         )
-    for label, times in (("dotsllm loop by its tokens_per_s", reported), ("  of it outside train_step", outside)):
-        wall = statistics.median(times)
-        table.add_row(label, str(len(times)), f"{wall:.4f}", f"{wall / bare_wall:.3f}", "", "")
     Console(width=150).print(table)
     # each loop step next to its bare step: load from other processes mostly cancels in their ratio
     wall, cpu = (statistics.median(a[i] / b[i] for a, b in zip(loop_times, bare_times)) for i in (0, 1))

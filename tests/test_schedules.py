@@ -1,5 +1,7 @@
 """WSD learning rate, batch ramp and the resumable sample order, as pure functions."""
 
+from pathlib import Path
+
 import pytest
 
 from dotsllm.config_loading import apply_overrides, from_dict
@@ -7,6 +9,7 @@ from dotsllm.train import PretrainConfig
 from dotsllm.training.data import StepBatchSampler, parse_blend
 from dotsllm.training.schedules import BatchRamp, WSDSchedule
 
+REPO = Path(__file__).resolve().parents[1]
 T = 1e12
 DOTS = WSDSchedule(
     peak_lr=3e-4,
@@ -112,3 +115,15 @@ def test_shipped_configs_load():
     assert real.lr_schedule.lr(10**6, 10.5 * T) == pytest.approx(DOTS.lr(10**6, 10.5 * T))
     assert real.batch_ramp == RAMP
     assert real.checkpoint.milestone_every_tokens == 1e12
+
+
+def test_142b_run_reaches_its_token_budget_with_whole_batches():
+    """ceil(11.2e12 / 8192) samples do not fill the last 128M-token batches: the run would stop at step
+    133,862, 33.9M tokens short. Sized by the ramp it takes 133,863 steps and ends past the budget."""
+    config = PretrainConfig.load(REPO / "configs/pretrain/dots1-142b.yaml")
+    seq, budget = config.training.seq_length, config.training.train_tokens
+    steps, samples = config.batch_ramp.samples_to_reach(budget, seq, granularity=128)
+    assert (steps, samples) == (133_863, 1_367_199_744)
+    last_batch = config.batch_ramp.global_batch_samples(samples * seq - 1, seq, 128)
+    assert last_batch == 2**27 // seq and budget <= samples * seq < budget + last_batch * seq
+    assert samples > -(-budget // seq)  # more than the naive ceil(11.2e12 / 8192)

@@ -161,6 +161,12 @@ class Dots1ModelConfig:
             # parallelism
             tensor_model_parallel_size=parallel.tp,
             pipeline_model_parallel_size=parallel.pp,
+            virtual_pipeline_model_parallel_size=parallel.vpp,  # the schedules find the loss stage by it
+            # Interleaved 1F1B as Megatron-LM runs it: overlapped isend/irecv. Batched p2p would pair a
+            # stage's two sends to one peer (PP = 2: next = prev) with that peer's receives in the
+            # wrong order, swapping activations and gradients of equal shape.
+            overlap_p2p_comm=parallel.vpp is not None,
+            batch_p2p_comm=parallel.vpp is None,
             expert_model_parallel_size=parallel.ep,
             expert_tensor_parallel_size=parallel.etp,
             context_parallel_size=parallel.cp,

@@ -90,9 +90,12 @@ class AuxLossMeter:
     NAME = "seq_load_balancing_loss"
 
     def __init__(self, moe_layer_numbers: list[int], num_layers: int):
+        from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+
         self.layers = moe_layer_numbers  # 1-based, as megatron numbers them
         self.num_layers = num_layers
         self.microbatches = 0
+        clear_aux_losses_tracker()  # the first window starts now
 
     def add_step(self, num_microbatches: int) -> None:
         self.microbatches += num_microbatches

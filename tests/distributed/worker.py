@@ -1,16 +1,16 @@
-"""Worker processes for the distributed tests, started by torchrun: ``worker.py <command> [args]``.
+"""Worker processes for the distributed parity tests, started by torchrun: ``worker.py <command> [args]``.
 
-The building blocks are those of a real trainer: ``init_distributed`` + ``build_model``, megatron's
-``DistributedDataParallel``, ``get_forward_backward_func`` with ``finalize_model_grads``, and
-``dist_checkpointing`` for weights. Each command writes its findings as JSON for the test to assert.
+The step is the trainer's own: ``build_model_and_optimizer`` (megatron DDP + optimizer) and
+``dotsllm.training.step.train_step`` (per-token loss through megatron's schedules, finalize_model_grads,
+the optimizer step). Each command writes its findings as JSON for the test to assert.
 
 Commands:
-  reference WORKDIR          one process: build dots1-tiny, save its weights, take one step, save
-                             the result (main_grad in place of each weight, buffers such as the
-                             router's expert_bias as updated by finalize_model_grads)
-  parity WORKDIR LAYOUT...   for each layout (e.g. ``ep2``, ``tp2-etp2``, ``pp2``): load the weights,
-                             take the same step, load the reference result into this layout and
-                             compare it with this rank's main_grads and buffers
+  reference WORKDIR          one process: build dots1-tiny, save its weights, take one step on the
+                             global batch, save the grads (main_grad in place of each weight) and the
+                             weights after the step (with the routers' updated expert_bias)
+  parity WORKDIR LAYOUT...   for each layout (e.g. ``ep2``, ``tp2-etp2``, ``pp2-vpp2``, ``tp2-pp2-ep2-dopt``):
+                             load the weights, take the same step, load the reference results into this
+                             layout and compare them with this rank's grads and weights
 """
 
 from __future__ import annotations
@@ -18,12 +18,10 @@ from __future__ import annotations
 import json
 import re
 import sys
-from functools import partial
 from pathlib import Path
 
 import torch
 
-from dotsllm.model.builder import build_model
 from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
 from dotsllm.parallel.setup import init_distributed
 
@@ -31,103 +29,91 @@ PRESET = "dots1-tiny"
 SEQ_LENGTH = 64
 MICRO_BATCH = 2
 NUM_MICROBATCHES = 4  # of the global batch; split over data-parallel ranks
+SETTINGS = dict(lr=1e-3, clip_grad=0.0, adam_eps=1e-3)  # no clipping (grads are compared after the
+# step); a large eps keeps the first Adam update linear in the grads, not their sign
 
 
-def parse_layout(name: str) -> ParallelConfig:
-    """``"tp2-ep2"`` -> ``ParallelConfig(tp=2, ep=2)``."""
-    return ParallelConfig(**{key: int(size) for key, size in re.findall(r"([a-z]+)(\d+)", name)})
+def parse_layout(name: str) -> tuple[ParallelConfig, bool]:
+    """``"tp2-ep2-dopt"`` -> ``(ParallelConfig(tp=2, ep=2), distributed optimizer)``."""
+    sizes = {key: int(size) for key, size in re.findall(r"([a-z]+)(\d+)", name)}
+    return ParallelConfig(**sizes), name.endswith("-dopt")
 
 
-def setup(layout: ParallelConfig, seed: int = 1234) -> None:
-    """(Re)build megatron's process groups for ``layout`` on the existing torch.distributed world."""
+def build(layout: ParallelConfig, distributed_optimizer: bool, seed: int = 1234):
+    """(Re)build megatron's groups for ``layout``; the trainer's model chunks and optimizer."""
     from megatron.core import parallel_state
+
+    from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     init_distributed(layout, seed=seed)
+    settings = OptimizerSettings(**SETTINGS, use_distributed_optimizer=distributed_optimizer)
+    return build_model_and_optimizer(Dots1ModelConfig.from_preset(PRESET), layout, "fp32", settings)
 
 
-def build_ddp(layout: ParallelConfig):
-    """This rank's model stage wrapped in megatron's DDP, wired to the schedule like a trainer."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+def build_plain(layout: ParallelConfig) -> list[torch.nn.Module]:
+    """This rank's model chunks for ``layout`` (already initialized), without DDP: to load references into."""
+    from dotsllm.model import build_model
 
-    module = build_model(Dots1ModelConfig.from_preset(PRESET), layout, backend="local")
-    ddp = DistributedDataParallel(
-        config=module.config,
-        ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True),
-        module=module,
-    )
-    module.config.no_sync_func = ddp.no_sync
-    module.config.finalize_model_grads_func = finalize_model_grads
-    return ddp
+    vpp = layout.vpp or 1
+    cfg = Dots1ModelConfig.from_preset(PRESET)
+    return [build_model(cfg, layout, vp_stage=vp if vpp > 1 else None) for vp in range(vpp)]
 
 
-def save_module(module: torch.nn.Module, directory: Path) -> None:
+def modules(chunks) -> list[torch.nn.Module]:
+    return [getattr(chunk, "module", chunk) for chunk in chunks]
+
+
+def save(chunks, directory: Path) -> None:
     from megatron.core import dist_checkpointing
 
     directory.mkdir(parents=True, exist_ok=True)
-    dist_checkpointing.save(module.sharded_state_dict(), str(directory))
+    state = {k: v for m in modules(chunks) for k, v in m.sharded_state_dict().items()}
+    dist_checkpointing.save(state, str(directory))
 
 
-def load_module(module: torch.nn.Module, directory: Path) -> None:
-    """Load a checkpoint saved under any layout into ``module`` (strict: every tensor present)."""
+def load(chunks, directory: Path) -> None:
+    """Load a checkpoint saved under any layout into ``chunks`` (strict: every tensor present)."""
     from megatron.core import dist_checkpointing
 
-    module.load_state_dict(dist_checkpointing.load(module.sharded_state_dict(), str(directory)), strict=True)
+    for module in modules(chunks):
+        module.load_state_dict(dist_checkpointing.load(module.sharded_state_dict(), str(directory)), strict=True)
 
 
-def global_batch(vocab_size: int, seed: int = 0) -> torch.Tensor:
-    """Token ids [NUM_MICROBATCHES, MICRO_BATCH, SEQ_LENGTH + 1], the same on every rank."""
+def global_batch(vocab_size: int, seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """NUM_MICROBATCHES micro-batches, the same on every rank; loss masks of uneven token counts."""
+    from dotsllm.training.fixed_batch import make_lm_batch
+
     generator = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab_size, (NUM_MICROBATCHES, MICRO_BATCH, SEQ_LENGTH + 1), generator=generator)
+    tokens = torch.randint(0, vocab_size, (NUM_MICROBATCHES, MICRO_BATCH, SEQ_LENGTH + 1), generator=generator)
+    batches = [make_lm_batch(t) for t in tokens]
+    for batch in batches:
+        batch["loss_mask"] = (torch.rand(batch["loss_mask"].shape, generator=generator) < 0.7).float()
+    return batches
 
 
-def _loss_func(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-    loss = (per_token_loss.float() * loss_mask).sum()
-    num_tokens = loss_mask.sum().to(torch.int)
-    return loss, num_tokens, {"lm loss": torch.stack([loss.detach(), num_tokens.float()])}
-
-
-def _forward_step(data_iterator, model):
-    tokens = next(data_iterator)
-    inputs, labels = tokens[:, :-1], tokens[:, 1:]
-    position_ids = torch.arange(inputs.shape[1]).expand_as(inputs)
-    output = model(inputs, position_ids, None, labels=labels)
-    return output, partial(_loss_func, torch.ones_like(labels, dtype=torch.float))
-
-
-def train_step(ddp, tokens: torch.Tensor) -> float | None:
-    """Forward/backward over this data-parallel rank's share of ``tokens`` plus finalize_model_grads.
-
-    Returns the global per-token loss on the last pipeline stage (None elsewhere).
-    """
+def step(chunks, optimizer) -> dict:
+    """The trainer's step on this data-parallel rank's share of the global batch."""
     from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    dp_size = parallel_state.get_data_parallel_world_size()
-    dp_rank = parallel_state.get_data_parallel_rank()
-    local = tokens.chunk(dp_size)[dp_rank]
-    ddp.zero_grad_buffer()
-    losses = get_forward_backward_func()(
-        forward_step_func=_forward_step,
-        data_iterator=iter(local),
-        model=[ddp],
-        num_microbatches=len(local),
-        seq_length=SEQ_LENGTH,
-        micro_batch_size=MICRO_BATCH,
-        forward_only=False,
-    )
-    if not parallel_state.is_pipeline_last_stage():
-        return None
-    total = torch.stack([entry["lm loss"] for entry in losses]).sum(0)
-    torch.distributed.all_reduce(total, group=parallel_state.get_data_parallel_group())
-    return (total[0] / total[1]).item()
+    from dotsllm.training.metrics import AuxLossMeter
+    from dotsllm.training.step import train_step
+
+    cfg = Dots1ModelConfig.from_preset(PRESET)
+    dp_size, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    batches = global_batch(cfg.vocab_size)
+    local = batches[dp_rank * len(batches) // dp_size : (dp_rank + 1) * len(batches) // dp_size]
+    meter = AuxLossMeter([i + 1 for i, moe in enumerate(cfg.moe_layer_freq) if moe], cfg.num_layers)
+    result = train_step(chunks, optimizer, [iter(local) for _ in chunks], len(local), MICRO_BATCH, SEQ_LENGTH)
+    meter.add_step(len(local))
+    return {**result, "aux_loss": meter.collect()}
 
 
-def step_result(module: torch.nn.Module) -> None:
-    """Overwrite each weight with its main_grad, so the module's state is the step's result."""
+def main_grads_as_weights(chunks) -> None:
+    """Overwrite each weight with its main_grad, so the modules' state holds the step's grads."""
     with torch.no_grad():
-        for param in module.parameters():
+        for param in (p for m in modules(chunks) for p in m.parameters()):
             param.copy_(param.main_grad)
 
 
@@ -140,38 +126,52 @@ def compare(actual: torch.Tensor, expected: torch.Tensor) -> float:
 
 def reference(workdir: str) -> None:
     workdir = Path(workdir)
-    layout = ParallelConfig()
-    setup(layout)
-    ddp = build_ddp(layout)
-    save_module(ddp.module, workdir / "weights")
-    loss = train_step(ddp, global_batch(ddp.module.vocab_size))
-    step_result(ddp.module)
-    save_module(ddp.module, workdir / "reference")
-    nonzero = {name: bool(p.main_grad.abs().max() > 0) for name, p in ddp.module.named_parameters()}
-    bias_moved = [bool(b.abs().max() > 0) for n, b in ddp.module.named_buffers() if n.endswith("expert_bias")]
-    _write(workdir / "reference.json", {"loss": loss, "grad_nonzero": nonzero, "expert_bias_moved": bias_moved})
+    chunks, optimizer = build(ParallelConfig(), distributed_optimizer=False)
+    save(chunks, workdir / "weights")
+    (module,) = modules(chunks)
+    before = {n: b.clone() for n, b in module.named_buffers() if n.endswith("expert_bias")}
+    result = step(chunks, optimizer)
+    save(chunks, workdir / "after_step")
+    main_grads_as_weights(chunks)
+    save(chunks, workdir / "grads")
+    result["grad_nonzero"] = {n: bool(p.main_grad.abs().max() > 0) for n, p in module.named_parameters()}
+    result["expert_bias_moved"] = [not torch.equal(b, before[n]) for n, b in module.named_buffers() if n in before]
+    _write(workdir / "reference.json", result)
 
 
 def parity(workdir: str, *layout_names: str) -> None:
     workdir = Path(workdir)
     for name in layout_names:
-        layout = parse_layout(name)
-        setup(layout)
-        ddp = build_ddp(layout)
-        load_module(ddp.module, workdir / "weights")
-        loss = train_step(ddp, global_batch(ddp.module.vocab_size))
-        expected = build_ddp(layout).module
-        load_module(expected, workdir / "reference")
-        expected_params = dict(expected.named_parameters())
-        expected_buffers = dict(expected.named_buffers())
-        result = {
-            "loss": loss,
-            "grads": {n: compare(p.main_grad, expected_params[n]) for n, p in ddp.module.named_parameters()},
-            "expert_bias": {
-                n: compare(b, expected_buffers[n]) for n, b in ddp.module.named_buffers() if n.endswith("expert_bias")
-            },
+        layout, distributed_optimizer = parse_layout(name)
+        chunks, optimizer = build(layout, distributed_optimizer)
+        load(chunks, workdir / "weights")
+        result = step(chunks, optimizer)
+        expected_after = build_plain(layout)
+        load(expected_after, workdir / "after_step")
+        found = {
+            "weights_after_step": _compare_chunks(chunks, expected_after, params=True),
+            "expert_bias": _compare_chunks(chunks, expected_after, params=False),
         }
-        _write(workdir / f"{name}.rank{torch.distributed.get_rank()}.json", result)
+        if not distributed_optimizer:  # its main_grad buffers hold only this rank's reduced shard
+            main_grads_as_weights(chunks)
+            expected_grads = build_plain(layout)
+            load(expected_grads, workdir / "grads")
+            found["grads"] = _compare_chunks(chunks, expected_grads, params=True)
+        _write(workdir / f"{name}.rank{torch.distributed.get_rank()}.json", {**result, **found})
+
+
+def _compare_chunks(chunks, expected_chunks, params: bool) -> dict[str, float]:
+    found = {}
+    for i, (module, expected) in enumerate(zip(modules(chunks), modules(expected_chunks))):
+        if params:
+            reference = dict(expected.named_parameters())
+            found.update({f"{i}:{n}": compare(p, reference[n]) for n, p in module.named_parameters()})
+        else:
+            reference = dict(expected.named_buffers())
+            found.update(
+                {f"{i}:{n}": compare(b, reference[n]) for n, b in module.named_buffers() if n.endswith("expert_bias")}
+            )
+    return found
 
 
 def _write(path: Path, payload: dict) -> None:
