@@ -54,11 +54,17 @@ def test_parallel_layout_validation():
         ParallelConfig(ep=3).data_parallel_size(4)
 
 
-def test_backend_falls_back_to_local_without_te():
-    assert resolve_backend("auto") == "local"
+def test_backend_is_te_exactly_when_te_and_cuda_are_present():
+    from megatron.core.extensions.transformer_engine import HAVE_TE
+
+    have_te = HAVE_TE and torch.cuda.is_available()
+    assert resolve_backend("auto") == ("te" if have_te else "local")
     assert resolve_backend("local") == "local"
-    with pytest.raises(RuntimeError, match="Transformer Engine"):
-        resolve_backend("te")
+    if have_te:
+        assert resolve_backend("te") == "te"
+    else:
+        with pytest.raises(RuntimeError, match="Transformer Engine"):
+            resolve_backend("te")
 
 
 def test_tiny_model_layout(megatron_world, tiny_config):

@@ -145,6 +145,8 @@ def test_bad_layouts_are_refused():
         run_plan("--model", "dots1-tiny", "--ep", "3", "--dp", "4")
     with pytest.raises(SystemExit, match="disagrees"):
         run_plan("--model", "dots1-tiny", "--dp", "2", "--gpus", "8")
+    with pytest.raises(SystemExit, match=r"context parallelism \(cp=2\) is not supported"):
+        run_plan("--model", "dots1-tiny", "--cp", "2", "--gpus", "8")
 
 
 def test_table_shows_counts_and_memory():

@@ -13,6 +13,7 @@ from pretrain_runs import finish, metrics, run, start, train_records, wait_for, 
 from shards import write_shard
 
 VOCAB, EOD = 8192, 0
+KILL_STEPS = random.Random(20261130)  # seeded: a failing kill step reproduces
 TOKENS_PER_STEP = [1024] * 8 + [2048] * 8  # the batch ramp below: 16 steps, 24576 tokens
 MILESTONE = 6144  # steps 6, 10, 13, 16
 
@@ -49,12 +50,12 @@ def reference(shards, tmp_path_factory):
     return run_dir
 
 
-def assert_same_trajectory(run_dir, reference_dir):
+def assert_same_trajectory(run_dir, reference_dir, context=""):
     got, want = train_records(run_dir), train_records(reference_dir)
-    assert sorted(got) == list(range(1, 17))
+    assert sorted(got) == list(range(1, 17)), context
     for step in want:
-        assert got[step]["loss"] == want[step]["loss"], f"step {step}"  # bit-identical
-        assert got[step]["batch_checksum"] == want[step]["batch_checksum"], f"step {step}"
+        assert got[step]["loss"] == want[step]["loss"], f"step {step} {context}"  # bit-identical
+        assert got[step]["batch_checksum"] == want[step]["batch_checksum"], f"step {step} {context}"
         assert got[step]["tokens_seen"] == want[step]["tokens_seen"]
 
 
@@ -89,20 +90,20 @@ def test_reference_run_uses_schedules_and_keeps_milestones(reference):
 
 
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(shards, reference, tmp_path):
-    kill_after = random.Random().randint(5, 11)
+    kill_after = KILL_STEPS.randint(5, 11)
     log = tmp_path / "killed.log"
     proc = start(1, overrides(shards, tmp_path), log)
     wait_for(lambda: max(train_records(tmp_path), default=0) >= kill_after, proc, log)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     run(1, overrides(shards, tmp_path), tmp_path / "resumed.log")
-    assert_same_trajectory(tmp_path, reference)
+    assert_same_trajectory(tmp_path, reference, f"killed after step {kill_after}")
 
 
 def test_distributed_optimizer_resumes_bit_identically_after_sigkill(shards, tmp_path):
     """Killed after step 8-10, resumed from step 6: the re-run steps repeat the killed run's exactly."""
     settings = ["optimizer.use_distributed_optimizer=true", "checkpoint.save_every_steps=6", "checkpoint.milestone_every_tokens=0"]
-    kill_after = random.Random().randint(8, 10)
+    kill_after = KILL_STEPS.randint(8, 10)
     log = tmp_path / "killed.log"
     proc = start(1, overrides(shards, tmp_path, *settings), log)
     wait_for(lambda: max(train_records(tmp_path), default=0) >= kill_after, proc, log)
@@ -114,7 +115,7 @@ def test_distributed_optimizer_resumes_bit_identically_after_sigkill(shards, tmp
     assert sorted(resumed) == list(range(1, 17))
     assert [r["step"] for r in metrics(tmp_path) if "loss" in r].count(7) == 2  # step 7 ran again
     for step in range(7, max(killed) + 1):
-        assert resumed[step]["loss"] == killed[step]["loss"], f"step {step}"  # bit-identical
+        assert resumed[step]["loss"] == killed[step]["loss"], f"step {step}, killed after {kill_after}"
         assert resumed[step]["batch_checksum"] == killed[step]["batch_checksum"], f"step {step}"
 
 
@@ -199,3 +200,24 @@ def test_missing_and_mismatched_shards_are_named(tmp_path):
         validate_shards([prefix], TokenizerInfo(VOCAB, EOD), VOCAB, 0)
     with pytest.raises(ValueError, match=r"tokenizer vocabulary \(9000\) is larger than the model's vocab_size \(8192\)"):
         validate_shards([prefix], TokenizerInfo(9000, EOD), VOCAB, 0)
+
+
+def test_a_budget_the_last_batch_overshoots_is_reached_and_saved(shards, tmp_path):
+    """2500 tokens in 1024-token batches: the run takes a third step (3072 tokens) and checkpoints it,
+    instead of stopping at 2048 on 'data exhausted' without a save."""
+    settings = ["training.train_tokens=2500", "checkpoint.save_every_steps=0", "checkpoint.milestone_every_tokens=0"]
+    run(1, overrides(shards, tmp_path / "a", *settings), tmp_path / "a.log")
+    assert sorted(train_records(tmp_path / "a")) == [1, 2, 3]
+    last = latest_checkpoint(tmp_path / "a" / "checkpoints")
+    assert last.name == "step_00000003" and read_meta(last)["tokens_seen"] == 3072
+    assert "done: token budget reached at step 3" in (tmp_path / "a.log").read_text()
+
+    # the same run with another seq_length: an error, not a silent restart from step 0
+    proc = start(1, overrides(shards, tmp_path / "a", *settings, "training.seq_length=64"), tmp_path / "b.log")
+    assert finish(proc, tmp_path / "b.log", expect_rc=None) != 0
+    assert "was trained at seq_length 128, this run has 64" in (tmp_path / "b.log").read_text()
+    # asked for: a new run from its weights, counting from zero
+    fresh = ["training.seq_length=64", f"checkpoint.load_from={last}", "checkpoint.load_progress=false"]
+    run(1, overrides(shards, tmp_path / "c", *settings, *fresh), tmp_path / "c.log")
+    records = train_records(tmp_path / "c")
+    assert sorted(records) == [1, 2, 3] and records[3]["tokens_seen"] == 3072  # 16 samples of 64 per step
