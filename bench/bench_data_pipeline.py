@@ -26,7 +26,7 @@ from data_pipeline.steps.line_dedup import edge_lines
 from data_pipeline.steps.minhash import MinhashConfig, MinhashSignature
 from data_pipeline.steps.quality import FILTERS, RuleFilter
 from data_pipeline.steps.tokenize import MegatronShardWriter
-from data_pipeline.tokenizer import Tokenizer, train_sentencepiece
+from dotsllm.tokenizer import Tokenizer, train_sentencepiece
 
 
 def corpus(n: int, seed: int = 0) -> list[Document]:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from data_pipeline.steps.reader import iter_texts
-    from data_pipeline.tokenizer import train_sentencepiece
+    from dotsllm.tokenizer import train_sentencepiece
 
     path = train_sentencepiece(iter_texts(args.inputs), args.output, args.vocab_size)
     print(f"wrote {path}")

@@ -1,5 +1,6 @@
 """Run configs and presets: typed overrides, unsupported layouts refused, presets shipped in the wheel."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -39,8 +40,13 @@ def test_context_parallelism_is_refused():
 
 def test_presets_ship_in_the_wheel(tmp_path):
     """A non-editable install finds the presets: they are package data, not files of the checkout."""
+    source = tmp_path / "source"  # a copy: building in place would leave build/ in the checkout
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, check=True, capture_output=True, text=True).stdout.split()
+    for name in tracked:
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     (wheel,) = tmp_path.glob("dotsllm-*.whl")

@@ -5,7 +5,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.tokens.megatron_tokenizer import MegatronTokenizedFile
 from datatrove.utils.batching import batched
 
-from data_pipeline.tokenizer import Tokenizer
+from dotsllm.tokenizer import Tokenizer
 
 
 class MegatronShardWriter(PipelineStep):

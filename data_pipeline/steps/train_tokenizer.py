@@ -8,7 +8,7 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from data_pipeline.steps.reader import iter_texts
-from data_pipeline.tokenizer import train_sentencepiece
+from dotsllm.tokenizer import train_sentencepiece
 
 
 class TrainTokenizer(PipelineStep):

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_row("perplexity", "perplexity", f"{result.perplexity:.4f}", f"{result.tokens:,} tokens")
         table.add_row("", "mean loss", f"{result.mean_loss:.6f}", "")
     if tasks:
-        from data_pipeline.tokenizer import Tokenizer
+        from dotsllm.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
         for name, samples in tasks.items():

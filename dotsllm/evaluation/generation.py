@@ -16,7 +16,7 @@ import torch
 
 
 class TextTokenizer(Protocol):
-    """What tasks need of a tokenizer (``data_pipeline.tokenizer.Tokenizer`` has it)."""
+    """What tasks need of a tokenizer (``dotsllm.tokenizer.Tokenizer`` has it)."""
 
     eod: int
 

@@ -28,9 +28,10 @@ class DataConfig:
     blend: list = field(default_factory=list)
     split: str = "99,1,0"  # train, valid, test (megatron-core's split string)
     cache_dir: str | None = None  # megatron-core's index cache (defaults to the run directory)
-    vocab_size: int | None = None  # tokenizer's vocabulary; defaults to the tokenizer file's
-    tokenizer: str | None = None  # SentencePiece ``.model`` or HF ``tokenizer.json``
-    eod_id: int | None = None  # end-of-document token; defaults to the tokenizer's EOS
+    tokenizer: str | None = None  # SentencePiece ``.model`` or HF ``tokenizer.json`` the shards were made with
+    eod_token: str | None = None  # its end-of-document token, if not the default (dotsllm.tokenizer)
+    vocab_size: int | None = None  # without a tokenizer file: the vocabulary of the shards
+    eod_id: int | None = None  # without a tokenizer file: their end-of-document id
     num_workers: int = 2
     check_tokens_per_shard: int = 1_000_000  # tokens read per shard to validate ids (0 = all)
 
@@ -49,32 +50,21 @@ class TokenizerInfo:
 
     @classmethod
     def from_config(cls, config: DataConfig) -> "TokenizerInfo":
-        vocab_size, eod = config.vocab_size, config.eod_id
+        """From ``data.tokenizer`` (its vocabulary and end-of-document token, by the rule of
+        :class:`dotsllm.tokenizer.Tokenizer`, as the data pipeline wrote the shards), or from
+        ``data.vocab_size`` and ``data.eod_id`` for shards without a tokenizer file."""
         if config.tokenizer:
-            file_vocab, file_eos = _read_tokenizer_file(Path(config.tokenizer))
-            vocab_size = vocab_size if vocab_size is not None else file_vocab
-            eod = eod if eod is not None else file_eos
-        if vocab_size is None or eod is None:
+            from dotsllm.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer(config.tokenizer, config.eod_token)
+            for field_name, given, found in (("vocab_size", config.vocab_size, tokenizer.vocab_size),
+                                             ("eod_id", config.eod_id, tokenizer.eod)):  # fmt: skip
+                if given is not None and given != found:
+                    raise ValueError(f"data.{field_name} is {given}, but tokenizer {config.tokenizer} has {found}")
+            return cls(vocab_size=tokenizer.vocab_size, eod=tokenizer.eod)
+        if config.vocab_size is None or config.eod_id is None:
             raise ValueError("data: set data.tokenizer, or both data.vocab_size and data.eod_id")
-        return cls(vocab_size=vocab_size, eod=eod)
-
-
-def _read_tokenizer_file(path: Path) -> tuple[int, int]:
-    if not path.is_file():
-        raise FileNotFoundError(f"data.tokenizer: {path} does not exist")
-    if path.suffix == ".model":
-        import sentencepiece
-
-        sp = sentencepiece.SentencePieceProcessor(model_file=str(path))
-        return sp.get_piece_size(), sp.eos_id()
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(path))
-    for name in ("<|endoftext|>", "</s>", "<eos>", "<|eos|>"):
-        token_id = tok.token_to_id(name)
-        if token_id is not None:
-            return tok.get_vocab_size(), token_id
-    raise ValueError(f"{path}: no end-of-text token found; set data.eod_id")
+        return cls(vocab_size=config.vocab_size, eod=config.eod_id)
 
 
 def parse_blend(blend: list) -> tuple[list[str], list[float] | None]:

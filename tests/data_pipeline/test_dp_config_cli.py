@@ -7,7 +7,7 @@ import yaml
 
 from data_pipeline.cli import main
 from data_pipeline.config import load_config
-from data_pipeline.tokenizer import Tokenizer
+from dotsllm.tokenizer import Tokenizer
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from dp_planted import read_jsonl
 
-from data_pipeline.tokenizer import Tokenizer
+from dotsllm.tokenizer import Tokenizer
 
 
 def test_shards_round_trip_to_the_kept_documents(planted_run):

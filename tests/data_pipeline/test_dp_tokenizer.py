@@ -7,7 +7,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data_pipeline.steps.tokenize import MegatronShardWriter
-from data_pipeline.tokenizer import Tokenizer
+from dotsllm.tokenizer import Tokenizer
 
 TEXTS = ["The old captain repaired the boat.\nThen he left.", "在公园里，我们讨论了天气。", "x  y\t z"]
 
