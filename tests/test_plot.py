@@ -1,13 +1,14 @@
 """``dotsllm plot``: PNGs from a metrics.jsonl, their data, and errors that name the file and line."""
 
 import json
+import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from dotsllm.cli import main
-from dotsllm.training.plots import DPI, FIGSIZE, expert_load_figure, loss_figure, read_metrics
+from dotsllm.training.plots import DPI, FIGSIZE, expert_load_figure, loss_figure, read_metrics, zero_sum_figure
 
 STEPS = range(1, 31)
 
@@ -76,12 +77,36 @@ def test_dense_run_has_no_expert_load_figure(tmp_path):
     assert [p.name for p in (tmp_path / "plots").iterdir()] == ["loss.png"]
 
 
+def zsl(D, M):
+    return {"zsl_D": D, "zsl_M": M, "zsl_delta_loss": 0.0 if math.isnan(D) else -(1 - D) * M, "zsl_seconds": 0.5}
+
+
+def test_zero_sum_figure_draws_loss_D_and_M(tmp_path):
+    """ZSL metrics in training records (steps 10, 20) or in records of their own (30, 40: D undefined)."""
+    lines = [record(s, loss=10.0 / s, lr=1e-3, **(zsl(s / 50, 0.01) if s in (10, 20) else {})) for s in range(1, 41)]
+    lines.insert(30, record(30, **zsl(0.9, 0.004)))
+    lines.append(record(40, **zsl(math.nan, 0.0)))
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    metrics = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in metrics.train] == list(range(1, 41))
+    loss_ax, d_ax, m_ax = zero_sum_figure(metrics).axes
+    np.testing.assert_array_equal(loss_ax.get_lines()[0].get_ydata(), [10.0 / s for s in range(1, 41)])
+    np.testing.assert_array_equal(d_ax.get_lines()[0].get_xydata(), [[10, 0.2], [20, 0.4], [30, 0.9], [40, math.nan]])
+    m_line, delta_line = m_ax.get_lines()
+    np.testing.assert_array_equal(m_line.get_ydata(), [0.01, 0.01, 0.004, 0.0])
+    np.testing.assert_allclose(delta_line.get_ydata(), [0.008, 0.006, 0.0004, 0.0])  # |ΔL| = (1 - D)·M
+    assert main(["plot", str(tmp_path)]) == 0
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["loss.png", "zero_sum.png"]
+    with Image.open(tmp_path / "plots" / "zero_sum.png") as image:
+        assert image.size == (FIGSIZE[0] * DPI, FIGSIZE[1] * DPI)
+
+
 @pytest.mark.parametrize(
     "third_line, message",
     [
         ('{"step": 3, "tokens_seen": 3072, "loss": 1.0', ":3: not JSON"),
         ('{"tokens_seen": 3072, "loss": 1.0}', ":3: record without step"),
-        ('{"step": 3, "tokens_seen": 3072}', ":3: record has neither 'loss' nor 'valid_loss'"),
+        ('{"step": 3, "tokens_seen": 3072}', ":3: record has neither 'loss' nor 'valid_loss' nor 'zsl_D'"),
         ("[1, 2]", ":3: record without step, tokens_seen"),
     ],
 )

@@ -1,4 +1,5 @@
-"""PNG plots of a run's ``metrics.jsonl``: loss and learning rate, and the MoE expert load."""
+"""PNG plots of a run's ``metrics.jsonl``: loss and learning rate, the MoE expert load, and the
+zero-sum-learning metrics; and the loss-deceleration fit of ``dotsllm analyze deceleration``."""
 
 from __future__ import annotations
 
@@ -6,14 +7,19 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: figures render with Agg and hold no global state
-from matplotlib.ticker import EngFormatter, FormatStrFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, FormatStrFormatter, MaxNLocator, ScalarFormatter
 
+from dotsllm.analysis.zero_sum import RECORD_KEYS as ZSL_KEYS
 from dotsllm.training.metrics import METRICS_FILE
+
+if TYPE_CHECKING:  # the deceleration module reads metrics with this one
+    from dotsllm.analysis.deceleration import DecelerationFit, LossCurve
 
 FIGSIZE, DPI = (10, 6.5), 100
 
@@ -26,6 +32,7 @@ class MetricsFileError(ValueError):
 class RunMetrics:
     train: list[dict]  # one record per step (the last one logged: a resumed run repeats steps), by step
     valid: list[dict]
+    zsl: list[dict]  # records holding zero-sum-learning metrics (train records or their own), by step
 
 
 def read_metrics(path: str | Path) -> RunMetrics:
@@ -33,7 +40,7 @@ def read_metrics(path: str | Path) -> RunMetrics:
     path = Path(path)
     if not path.is_file():
         raise MetricsFileError(f"{path}: no such metrics file")
-    train, valid = {}, {}
+    train, valid, zsl = {}, {}, {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -44,15 +51,18 @@ def read_metrics(path: str | Path) -> RunMetrics:
         missing = [k for k in ("step", "tokens_seen") if not isinstance(record, dict) or k not in record]
         if missing:
             raise MetricsFileError(f"{path}:{lineno}: record without {', '.join(missing)}")
+        has_zsl = ZSL_KEYS["D"] in record  # in a training record, or in one of its own
+        if has_zsl:
+            zsl[record["step"]] = record
         if "loss" in record:
             train[record["step"]] = record
         elif "valid_loss" in record:
             valid[record["step"]] = record
-        else:
-            raise MetricsFileError(f"{path}:{lineno}: record has neither 'loss' nor 'valid_loss'")
+        elif not has_zsl:
+            raise MetricsFileError(f"{path}:{lineno}: record has neither 'loss' nor 'valid_loss' nor '{ZSL_KEYS['D']}'")
     if not train:
         raise MetricsFileError(f"{path}: no training records")
-    return RunMetrics([train[s] for s in sorted(train)], [valid[s] for s in sorted(valid)])
+    return RunMetrics(*([part[s] for s in sorted(part)] for part in (train, valid, zsl)))
 
 
 def loss_figure(metrics: RunMetrics) -> Figure:
@@ -117,13 +127,89 @@ def expert_load_figure(metrics: RunMetrics) -> Figure | None:
     return fig
 
 
+def zero_sum_figure(metrics: RunMetrics) -> Figure | None:
+    """The train loss, destructive interference D, and M with |ΔL| = (1 − D)·M, over steps (log x).
+
+    None when no record holds zero-sum-learning metrics.
+    """
+    if not metrics.zsl:
+        return None
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    loss_ax, d_ax, m_ax = fig.subplots(3, 1, sharex=True, height_ratios=(2, 1.5, 1.5))
+    loss_ax.plot(_column(metrics.train, "step"), _column(metrics.train, "loss"), color="C0", linewidth=0.8)
+    loss_ax.set_ylabel("train loss")
+    loss_ax.set_yscale("log")
+    loss_ax.yaxis.set_major_formatter(ScalarFormatter())
+    loss_ax.yaxis.set_minor_formatter(ScalarFormatter())
+    steps = _column(metrics.zsl, "step")
+    d, m, delta = (_column(metrics.zsl, ZSL_KEYS[k]) for k in ("D", "M", "delta_loss"))
+    d_ax.plot(steps, d, "o-", color="C3", markersize=3)
+    d_ax.set_ylim(-0.02, 1.02)
+    d_ax.set_ylabel("D (destructive\ninterference)")
+    m_ax.plot(steps, m, "o-", color="C2", markersize=3, label="M = mean |Δℓ|")
+    m_ax.plot(steps, np.abs(delta), "o-", color="C7", markersize=3, label="|ΔL| = (1 − D)·M")
+    m_ax.set_yscale("log")
+    m_ax.set_ylabel("per-step change")
+    m_ax.set_xlabel("step")
+    m_ax.legend(fontsize="small")
+    for ax in (loss_ax, d_ax, m_ax):
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3, which="both")
+    loss_ax.set_title(
+        f"zero-sum learning on a held-out batch (step {int(steps[-1])}: D {d[-1]:.3f}, M {m[-1]:.2e})", loc="left"
+    )
+    return fig
+
+
+def deceleration_figure(curve: LossCurve, fit: DecelerationFit, budget: float | None = None) -> Figure:
+    """Loss and its broken-power-law fit, log-log, with t_d (±1σ) and the projection to the budget."""
+    law = fit.law
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(curve.x, curve.loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss")
+    ax.plot(fit.x, fit.loss, "o", color="C0", markersize=3, label="smoothed points fitted")
+    x = np.geomspace(fit.x[0], fit.x[-1], 400)
+    ax.plot(x, law.loss(x), color="C3", linewidth=1.8, label=f"broken power law (RSLE {fit.rsle:.4f})")
+    end = fit.x[-1]
+    if budget and budget > end:
+        x = np.geomspace(end, budget, 100)
+        ax.plot(x, law.loss(x), "--", color="C3", linewidth=1.2)
+        end = budget
+    for segment, slope in (((fit.x[0], law.t_d), law.c0), ((law.t_d, end), law.r_d)):  # the two power laws
+        segment = np.array(segment)
+        ax.plot(segment, law.L_d * (segment / law.t_d) ** -slope, ":", color="C3", linewidth=1.2)
+    ax.axvline(law.t_d, color="C1", linewidth=1.2, label=f"$t_d$ = {law.t_d:.4g}, $L_d$ = {law.L_d:.4f}")
+    ax.axvspan(*fit.t_d_range, color="C1", alpha=0.15)
+    if budget:
+        projected = law.projected_loss(budget)
+        ax.plot([budget], [projected], "s", color="C4", label=rf"$\hat{{L}}_T$ = {projected:.4f} at T = {budget:.4g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("tokens seen" if curve.x_axis == "tokens" else "step")
+    ax.set_ylabel("loss")
+    ax.set_title(
+        f"loss deceleration: log-log slope {law.c0:.3f} before $t_d$, $r_d$ = {law.r_d:.4f} after"
+        + (" (break at the edge of the data)" if fit.break_at_edge else ""),
+        loc="left",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig
+
+
 def write_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``loss.png`` (and ``expert_load.png`` for MoE runs) to ``out_dir`` (``run_dir/plots``)."""
+    """Write ``loss.png`` (``expert_load.png`` for MoE runs, ``zero_sum.png`` when the run measured
+    zero-sum learning) to ``out_dir`` (``run_dir/plots``)."""
     metrics = read_metrics(Path(run_dir) / METRICS_FILE)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, fig in (("loss", loss_figure(metrics)), ("expert_load", expert_load_figure(metrics))):
+    figures = {
+        "loss": loss_figure(metrics), "expert_load": expert_load_figure(metrics), "zero_sum": zero_sum_figure(metrics)
+    }
+    for name, fig in figures.items():
         if fig is not None:
             written.append(out / f"{name}.png")
             fig.savefig(written[-1])

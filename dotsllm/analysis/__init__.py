@@ -1,0 +1,1 @@
+"""Training diagnostics: the loss-deceleration fit and the zero-sum-learning metrics (arXiv 2506.05447)."""
