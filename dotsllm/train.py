@@ -20,6 +20,7 @@ from typing import Any, Iterator
 
 import torch
 
+from dotsllm.analysis.zero_sum import reduce_zero_sum_stats
 from dotsllm.config_loading import apply_overrides, from_dict, load_yaml, to_dict
 from dotsllm.model import Dots1ModelConfig, ParallelConfig
 from dotsllm.model.accounting import distributed_parameter_counts, training_flops_per_token
@@ -31,7 +32,7 @@ from dotsllm.training.data import DataConfig, PretrainData
 from dotsllm.training.metrics import AuxLossMeter, ExpertLoadMeter, LoggingSettings, MetricsLogger
 from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer, set_lr_and_weight_decay
 from dotsllm.training.schedules import BatchRamp, WSDSchedule
-from dotsllm.training.step import ForwardStep, evaluate, lm_forward_step, train_step
+from dotsllm.training.step import ForwardStep, evaluate, lm_forward_step, per_token_losses, train_step
 
 
 @dataclass
@@ -48,6 +49,14 @@ class TrainingSettings:
 
 
 @dataclass
+class DiagnosticsSettings:
+    """Zero-sum-learning metrics (arXiv 2506.05447): per-token loss changes of a held-out batch."""
+
+    zsl_interval: int = 0  # steps between measurements; 0 disables
+    zsl_samples: int = 16  # the held-out batch: the first validation samples, split over DP ranks
+
+
+@dataclass
 class PretrainConfig:
     run_dir: str
     model: str = "dots1-tiny"
@@ -60,6 +69,7 @@ class PretrainConfig:
     batch_ramp: BatchRamp = field(default_factory=lambda: BatchRamp(points=({"from_tokens": 0, "global_batch_tokens": 8192},)))
     checkpoint: CheckpointSettings = field(default_factory=CheckpointSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    diagnostics: DiagnosticsSettings = field(default_factory=DiagnosticsSettings)
 
     @classmethod
     def load(cls, path: str | Path, overrides: list[str] = ()) -> "PretrainConfig":
@@ -124,6 +134,12 @@ class Trainer:
             counts.active_matmul, self.model_cfg.num_layers,
             self.model_cfg.num_attention_heads * self.model_cfg.head_dim, config.training.seq_length,
         )  # fmt: skip
+        self.zsl_batches = self.data.valid_batches(config.diagnostics.zsl_samples) if config.diagnostics.zsl_interval else []
+        if config.diagnostics.zsl_interval and not self.zsl_batches:
+            raise ValueError(
+                "diagnostics.zsl_interval needs held-out samples: a validation share in data.split and "
+                f"training.eval_samples >= diagnostics.zsl_samples ({config.diagnostics.zsl_samples}) x DP"
+            )
         self.metrics = MetricsLogger(self.run_dir, config.logging, to_dict(config), enabled=_is_logging_rank())
         self.stop = StopRequested()
         self._window_start, self._window_tokens = time.perf_counter(), 0
@@ -181,10 +197,16 @@ class Trainer:
         step_batches = [next(microbatches) for _ in range(num_microbatches)]
         lr = self.config.lr_schedule.lr(self.state.step, tokens_before)
         set_lr_and_weight_decay(self.optimizer, lr, self.config.optimizer.weight_decay)
+        zsl_interval = self.config.diagnostics.zsl_interval
+        measure_zsl = zsl_interval and (self.state.step + 1) % zsl_interval == 0
+        if measure_zsl:
+            zsl_start, losses_before = time.perf_counter(), self._held_out_losses()
         result = train_step(
             self.model_chunks, self.optimizer, [iter(step_batches) for _ in self.model_chunks],
             num_microbatches, train.micro_batch_size, train.seq_length, self.forward_step,
         )  # fmt: skip
+        if measure_zsl:
+            zsl = self._zero_sum_record(losses_before, self._held_out_losses(), time.perf_counter() - zsl_start)
         self.state.step += 1
         self.state.consumed_samples += global_samples
         self.aux_loss.add_step(num_microbatches)
@@ -194,6 +216,8 @@ class Trainer:
             self.metrics.event(f"step {self.state.step}: non-finite loss or gradients, update skipped")
         if self.state.step % self.config.logging.log_interval == 0:
             self._log(result, lr, global_samples, _batch_checksum(step_batches))
+        if measure_zsl:
+            self.metrics.log({"step": self.state.step, "tokens_seen": self.tokens_seen, **zsl})
         if self.state.nonfinite_skipped > train.max_nonfinite_steps:
             raise RuntimeError(
                 f"{self.state.nonfinite_skipped} steps had a non-finite loss or gradients "
@@ -234,6 +258,24 @@ class Trainer:
             }
         )
         self._window_start, self._window_tokens = time.perf_counter(), 0
+
+    def _held_out_losses(self) -> list[torch.Tensor]:
+        train = self.config.training
+        return per_token_losses(self.model_chunks, self.zsl_batches, train.micro_batch_size, train.seq_length)
+
+    def _zero_sum_record(self, before: list[torch.Tensor], after: list[torch.Tensor], seconds: float) -> dict:
+        """D, M and the loss change over the held-out batch (on the last pipeline stage; its DP
+        ranks hold distinct samples), and the seconds the two forward passes took."""
+        from megatron.core import parallel_state
+
+        if not before:  # not the last pipeline stage
+            return {}
+        mask = torch.cat([batch["loss_mask"].reshape(-1) for batch in self.zsl_batches]).to(before[0].device)
+        stats = reduce_zero_sum_stats(
+            torch.cat([b.reshape(-1) for b in before]), torch.cat([a.reshape(-1) for a in after]), mask,
+            group=parallel_state.get_data_parallel_group(with_context_parallel=True),
+        )  # fmt: skip
+        return {**stats.as_record(), "zsl_seconds": seconds}
 
     def _log_validation(self) -> None:
         train = self.config.training

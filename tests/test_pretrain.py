@@ -221,3 +221,15 @@ def test_a_budget_the_last_batch_overshoots_is_reached_and_saved(shards, tmp_pat
     run(1, overrides(shards, tmp_path / "c", *settings, *fresh), tmp_path / "c.log")
     records = train_records(tmp_path / "c")
     assert sorted(records) == [1, 2, 3] and records[3]["tokens_seen"] == 3072  # 16 samples of 64 per step
+
+
+def test_zero_sum_metrics_leave_the_run_unchanged(shards, reference, tmp_path):
+    """Measuring D and M every 4 steps (two forward passes of a held-out batch around the optimizer
+    step) touches neither the training batches nor the RNG: the losses are the reference's, bit for bit."""
+    run(1, overrides(shards, tmp_path, "diagnostics.zsl_interval=4", "diagnostics.zsl_samples=4"), tmp_path / "zsl.log")
+    assert_same_trajectory(tmp_path, reference)
+    zsl = [r for r in metrics(tmp_path) if "zsl_D" in r]
+    assert [r["step"] for r in zsl] == [4, 8, 12, 16]
+    for r in zsl:
+        assert 0 <= r["zsl_D"] <= 1 and r["zsl_M"] > 0 and r["zsl_seconds"] > 0
+        assert abs(r["zsl_delta_loss"]) == pytest.approx((1 - r["zsl_D"]) * r["zsl_M"], rel=1e-9)

@@ -255,12 +255,13 @@ class PretrainData:
         device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         return ({k: v.to(device, non_blocking=True) for k, v in batch.items()} for batch in loader)
 
-    def valid_batches(self) -> list[dict[str, torch.Tensor]]:
-        """This DP rank's share of the validation samples, as micro-batches."""
+    def valid_batches(self, max_samples: int | None = None) -> list[dict[str, torch.Tensor]]:
+        """This DP rank's share of the validation samples (the first ``max_samples``), as micro-batches."""
         if self.valid is None:
             return []
         mbs = self.micro_batch_size
-        per_rank = len(self.valid) // self.dp_size // mbs * mbs
+        available = len(self.valid) if max_samples is None else min(max_samples, len(self.valid))
+        per_rank = available // self.dp_size // mbs * mbs
         start = self.dp_rank * per_rank
         return [collate([self.valid[i] for i in range(s, s + mbs)]) for s in range(start, start + per_rank, mbs)]
 

@@ -12,6 +12,7 @@ pretraining (all-ones masks) the same as a mean of micro-batch means.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Callable, Iterator
 
@@ -95,11 +96,42 @@ def evaluate(
 ) -> dict[str, float]:
     """Per-token means of ``forward_step``'s logs over ``batches`` (this rank's micro-batches) and all
     DP ranks, without updates."""
+    with _eval_mode(ddp_chunks):
+        iterators = [iter(batches) for _ in ddp_chunks]
+        return _run_schedule(ddp_chunks, iterators, len(batches), micro_batch_size, seq_length, forward_step, True)
+
+
+@torch.no_grad()
+def per_token_losses(
+    ddp_chunks: list[torch.nn.Module], batches: list[dict], micro_batch_size: int, seq_length: int
+) -> list[torch.Tensor]:
+    """The next-token loss of every position of ``batches`` ([b, s] per micro-batch), on the last
+    pipeline stage (an empty list elsewhere); no gradients, no router statistics, no RNG drawn."""
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    def keep_per_token_loss(data_iterator, model):
+        output, _ = lm_forward_step(data_iterator, model)
+        return output, lambda per_token_loss, non_loss_data=True: per_token_loss.float()
+
+    with _eval_mode(ddp_chunks):
+        return get_forward_backward_func()(
+            forward_step_func=keep_per_token_loss,
+            data_iterator=[iter(batches) for _ in ddp_chunks],
+            model=ddp_chunks,
+            num_microbatches=len(batches),
+            seq_length=seq_length,
+            micro_batch_size=micro_batch_size,
+            forward_only=True,
+            collect_non_loss_data=True,
+        )
+
+
+@contextlib.contextmanager
+def _eval_mode(ddp_chunks: list[torch.nn.Module]):
     for chunk in ddp_chunks:
         chunk.eval()
     try:
-        iterators = [iter(batches) for _ in ddp_chunks]
-        return _run_schedule(ddp_chunks, iterators, len(batches), micro_batch_size, seq_length, forward_step, True)
+        yield
     finally:
         for chunk in ddp_chunks:
             chunk.train()

@@ -1,5 +1,6 @@
 """Parallel layouts give the single-process step: loss, gradients, weights after the optimizer step,
-expert-bias update and logged aux loss (fp32, gloo), through the trainer's own ``train_step``.
+expert-bias update, logged aux loss and zero-sum-learning metrics (fp32, gloo), through the trainer's
+own ``train_step``.
 
 One process builds dots1-tiny, saves its weights and takes one step on a global batch of 4
 micro-batches whose loss masks hold different token counts (so the per-token normalization over
@@ -29,7 +30,7 @@ def results(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("parity")
     run_workers(1, "reference", workdir)
     for nproc, layouts in LAYOUTS.items():
-        run_workers(nproc, "parity", workdir, *layouts, timeout_s=240)
+        run_workers(nproc, "parity", workdir, *layouts, timeout_s=300)
     reference = json.loads((workdir / "reference.json").read_text())
     ranks = {
         name: [json.loads((workdir / f"{name}.rank{r}.json").read_text()) for r in range(nproc)]
@@ -45,6 +46,7 @@ def test_reference_step_is_not_trivial(results):
     assert reference["expert_bias_moved"] and all(reference["expert_bias_moved"])
     assert 0.6 * 512 < reference["tokens"] < 0.8 * 512  # the masked global batch: 4 x 2 x 64 positions
     assert set(reference["aux_loss"]) == {"2", "3", "4"} and all(v > 0 for v in reference["aux_loss"].values())
+    assert 0 < reference["zsl"]["zsl_D"] < 1 and reference["zsl"]["zsl_M"] > 0
 
 
 @pytest.mark.parametrize("layout", [name for layouts in LAYOUTS.values() for name in layouts])
@@ -57,6 +59,9 @@ def test_layout_matches_single_process(results, layout):
         assert found["aux_loss"].keys() == reference["aux_loss"].keys()
         for layer, value in found["aux_loss"].items():
             assert value == pytest.approx(reference["aux_loss"][layer], rel=RTOL), f"rank {rank} layer {layer}"
+        if "zsl" in found:  # ranks of the last pipeline stage: the zero-sum-learning metrics
+            for key, value in found["zsl"].items():
+                assert value == pytest.approx(reference["zsl"][key], rel=1e-4, abs=1e-7), f"rank {rank} {key}"
         for kind in ("weights_after_step", "grads", "expert_bias"):
             if kind == "grads" and layout.endswith("-dopt"):
                 continue  # the distributed optimizer's grad buffers hold only this rank's shard
@@ -64,6 +69,7 @@ def test_layout_matches_single_process(results, layout):
             worst = max(found[kind], key=found[kind].get)
             assert found[kind][worst] < RTOL, f"rank {rank}: {kind} {worst} differs by {found[kind][worst]:.2e}"
     assert sum(len(found["expert_bias"]) for found in ranks[layout]) >= len(reference["expert_bias_moved"])
+    assert any("zsl" in found for found in ranks[layout])
 
 
 def test_tp_without_ep_needs_etp_equal_tp():

@@ -94,20 +94,33 @@ def global_batch(vocab_size: int, seed: int = 0) -> list[dict[str, torch.Tensor]
 
 
 def step(chunks, optimizer) -> dict:
-    """The trainer's step on this data-parallel rank's share of the global batch."""
+    """The trainer's step on this data-parallel rank's share of the global batch, with the logged aux
+    loss and the zero-sum-learning metrics of a held-out batch (as the trainer measures them)."""
     from megatron.core import parallel_state
 
+    from dotsllm.analysis.zero_sum import reduce_zero_sum_stats
     from dotsllm.training.metrics import AuxLossMeter
-    from dotsllm.training.step import train_step
+    from dotsllm.training.step import per_token_losses, train_step
 
     cfg = Dots1ModelConfig.from_preset(PRESET)
     dp_size, dp_rank = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
-    batches = global_batch(cfg.vocab_size)
-    local = batches[dp_rank * len(batches) // dp_size : (dp_rank + 1) * len(batches) // dp_size]
+
+    def local(batches):
+        return batches[dp_rank * len(batches) // dp_size : (dp_rank + 1) * len(batches) // dp_size]
+
+    train, held_out = local(global_batch(cfg.vocab_size)), local(global_batch(cfg.vocab_size, seed=1))
     meter = AuxLossMeter([i + 1 for i, moe in enumerate(cfg.moe_layer_freq) if moe], cfg.num_layers)
-    result = train_step(chunks, optimizer, [iter(local) for _ in chunks], len(local), MICRO_BATCH, SEQ_LENGTH)
-    meter.add_step(len(local))
-    return {**result, "aux_loss": meter.collect()}
+    before = per_token_losses(chunks, held_out, MICRO_BATCH, SEQ_LENGTH)
+    result = train_step(chunks, optimizer, [iter(train) for _ in chunks], len(train), MICRO_BATCH, SEQ_LENGTH)
+    after = per_token_losses(chunks, held_out, MICRO_BATCH, SEQ_LENGTH)
+    meter.add_step(len(train))
+    result["aux_loss"] = meter.collect()
+    if before:  # the last pipeline stage
+        mask = torch.cat([b["loss_mask"].reshape(-1) for b in held_out])
+        flat = [torch.cat([t.reshape(-1) for t in losses]) for losses in (before, after)]
+        group = parallel_state.get_data_parallel_group(with_context_parallel=True)
+        result["zsl"] = reduce_zero_sum_stats(*flat, mask, group=group).as_record()
+    return result
 
 
 def main_grads_as_weights(chunks) -> None:
