@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-group-size",
         type=parse_size,
         default="512MiB",
-        help="tensors read and saved at a time; peak memory is about twice this (default 512MiB)",
+        help="weights read and saved at a time (default 512MiB); peak memory follows it, not the model's size",
     )
     layout = parser.add_argument_group(
         "layout",

@@ -136,10 +136,10 @@ def import_to_checkpoint(
     """Write a dotsllm checkpoint (kind ``imported``, no optimizer state) from a HF dots1 folder, streaming.
 
     The model's sharded state dict is built on the meta device (with the HF dtype) and its tensors are
-    read from the safetensors and saved ``group_bytes`` at a time (:func:`save_in_groups`): peak memory
-    is about two groups (one, and megatron's copies of its views), whatever the model's size. A larger
-    tensor is a group of its own. The checkpoint equals one saved from the whole model: it loads under
-    any TP/PP/EP. ``parallel`` is only recorded (as ``layout_hint``; not as ``parallel``, which would
+    read from the safetensors and saved ``group_bytes`` at a time (:func:`save_in_groups`; a larger
+    tensor is a group of its own): peak memory grows with the group size (1-2 groups, some of them
+    copied by megatron's save), not with the model's. The checkpoint is the one a save of the whole
+    model writes (in other files): it loads under any TP/PP/EP. ``parallel`` is only recorded (as ``layout_hint``; not as ``parallel``, which would
     make the trainer look for per-rank RNG state). Needs a world of one.
     """
     from megatron.core.dist_checkpointing.mapping import ShardedObject

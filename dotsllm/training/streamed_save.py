@@ -6,15 +6,18 @@ folder with ``dist_checkpointing.save``; its files move into the checkpoint unde
 the end one DCP ``.metadata`` lists the tensors of every part. The result differs from a one-shot
 save only in its file names: loading it (into any layout) is the same.
 
-What this relies on in PyTorch DCP's on-disk format (torch 2.13; ``tests/test_hf_import.py`` compares
-a checkpoint saved here with a one-shot save, and loads it into other layouts):
+What this relies on (torch 2.13, megatron-core 0.16.1; ``tests/test_hf_import.py`` checks that a
+checkpoint saved here has the metadata of a one-shot save, and loads it into other layouts):
 
-- ``Metadata.state_dict_metadata`` maps each key to a ``BytesStorageMetadata`` or a
+- DCP's ``Metadata.state_dict_metadata`` maps each key to a ``BytesStorageMetadata`` or a
   ``TensorStorageMetadata`` (size, dtype, ``chunks``); a tensor whose shards (e.g. a layer's stacked
   experts) fall in several groups gets the union of their chunks;
 - ``Metadata.storage_data`` maps ``MetadataIndex(key, chunk offset)`` to a ``filesystem._StorageInfo``
   whose ``relative_path`` ``FileSystemReader`` resolves against the checkpoint folder;
-- ``FileSystemWriter.finish(metadata, write_results)`` writes ``.metadata`` from them (atomically).
+- ``FileSystemWriter.finish(metadata, write_results)`` writes ``.metadata`` from them (atomically);
+  megatron's extra ``all_local_plans`` attribute, which only its cached save plans use, is not kept;
+- megatron's ``metadata.json`` and ``common.pt`` are the same for every group (no common state);
+- see :func:`_without_prepended_axes` for the stacked experts.
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ def _add_part(metadata: Metadata, results: list[WriteResult], part: Path, prefix
         known = metadata.state_dict_metadata.setdefault(key, item)
         if known is item:
             continue
-        if not isinstance(item, TensorStorageMetadata) or (known.size, known.properties) != (item.size, item.properties):
+        tensors = isinstance(known, TensorStorageMetadata) and isinstance(item, TensorStorageMetadata)
+        if not tensors or (known.size, known.properties) != (item.size, item.properties):
             raise ValueError(f"{key}: saved by two groups, not as shards of one tensor")
         known.chunks.extend(item.chunks)
     for index, info in saved.storage_data.items():
