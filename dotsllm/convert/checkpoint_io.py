@@ -73,13 +73,13 @@ def iter_checkpoint_tensors(
     for name, item in sharded.items():
         by_key.setdefault(item.key, {})[name] = item
     units = ({name: materialized(item) for name, item in items.items()} for items in by_key.values())
-    for group in batched(units, group_bytes):
+    for group in _batched(units, group_bytes):
         yield from read(group)
 
 
-def batched(units: Iterable[dict[str, Any]], group_bytes: int) -> Iterator[dict[str, Any]]:
+def _batched(units: Iterable[dict[str, Any]], group_bytes: int) -> Iterator[dict[str, Any]]:
     """Consecutive units (dicts of sharded items) merged into groups of at most ``group_bytes`` of tensor
-    data, or of one unit if it is larger. Lazy: a unit is taken from ``units`` when it is added."""
+    data, or of one unit if it is larger. Lazy: units are taken one at a time, as the groups are used."""
     group: dict[str, Any] = {}
     group_size = 0
     for unit in units:
@@ -159,7 +159,7 @@ def import_to_checkpoint(
     # Lazy: each group is read when the previous one is saved.
     groups = (
         {"model": {name: loaded(name, item) for name, item in group.items()}}
-        for group in batched(({name: item} for name, item in sharded.items()), group_bytes)
+        for group in _batched(({name: item} for name, item in sharded.items()), group_bytes)
     )
     meta = {
         "kind": "imported",

@@ -10,28 +10,33 @@ replicas (the ranks' sum is the model's size when they tile it), and the keys th
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
 import torch
-from worker import load_module, parse_layout, setup
 
 from dotsllm.convert.checkpoint_io import checkpoint_model_config
 from dotsllm.model.builder import build_model
+from dotsllm.model.config import ParallelConfig
+from dotsllm.parallel.setup import init_distributed
 
 
 def layouts(ckpt: str, reference: str, out: str, *layout_names: str) -> None:
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing, parallel_state
     from megatron.core.dist_checkpointing.dict_utils import nested_values
     from megatron.core.dist_checkpointing.mapping import ShardedTensor, apply_factories, is_main_replica
 
     cfg = checkpoint_model_config(ckpt)
     for name in layout_names:
-        setup(parse_layout(name))
+        layout = ParallelConfig(**{key: int(size) for key, size in re.findall(r"([a-z]+)(\d+)", name)})
+        if parallel_state.model_parallel_is_initialized():
+            parallel_state.destroy_model_parallel()
+        init_distributed(layout)
         if name == layout_names[0]:  # needs a world; the same for every layout
             expected = dist_checkpointing.load_plain_tensors(reference)
-        module = build_model(cfg, parse_layout(name), backend="local")
-        load_module(module, Path(ckpt))
+        module = build_model(cfg, layout, backend="local")
+        module.load_state_dict(dist_checkpointing.load(module.sharded_state_dict(), ckpt), strict=True)
         shards = module.sharded_state_dict()
         apply_factories(shards)
         found = {"shards": 0, "main_replica_elements": 0, "differ": []}
