@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 
+from dotsllm.commands.export_hf import parse_size
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_dir", help="HF Dots1ForCausalLM folder (config.json + safetensors)")
     parser.add_argument(
         "checkpoint", help="checkpoint directory to create; then: dotsllm pretrain ... checkpoint.load_from=CKPT"
+    )
+    parser.add_argument(
+        "--max-group-size",
+        type=parse_size,
+        default="512MiB",
+        help="weights read and saved at a time (default 512MiB); peak memory follows it, not the model's size",
     )
     layout = parser.add_argument_group(
         "layout",
@@ -20,6 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import resource
+
     from rich.console import Console
 
     from dotsllm.convert.checkpoint_io import import_to_checkpoint
@@ -27,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from dotsllm.parallel.setup import init_distributed
 
     init_distributed(ParallelConfig())
-    path = import_to_checkpoint(args.hf_dir, args.checkpoint, ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep))
-    Console().print(f"wrote {path} (kind imported, step 0, no optimizer state)")
+    layout = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep)
+    path = import_to_checkpoint(args.hf_dir, args.checkpoint, layout, group_bytes=args.max_group_size)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    Console().print(f"wrote {path} (kind imported, step 0, no optimizer state); peak RSS {peak / 2**20:.0f} MiB")
     return 0

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from dotsllm.convert.hf_io import export_hf, import_hf, read_hf_config
+from dotsllm.convert.hf_io import export_hf, megatron_tensor_reader, read_hf_config
 from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
 from dotsllm.training.checkpoint import read_meta, write_checkpoint
 
@@ -71,17 +72,25 @@ def iter_checkpoint_tensors(
     by_key: dict[str, dict] = {}
     for name, item in sharded.items():
         by_key.setdefault(item.key, {})[name] = item
-    group: dict = {}
-    group_size = 0
-    for items in by_key.values():
-        for name, item in items.items():
-            group[name] = materialized(item)
-            group_size += group[name].data.numel() * group[name].data.element_size()
-        if group_size >= group_bytes:
-            yield from read(group)
-            group, group_size = {}, 0
-    if group:
+    units = ({name: materialized(item) for name, item in items.items()} for items in by_key.values())
+    for group in _batched(units, group_bytes):
         yield from read(group)
+
+
+def _batched(units: Iterable[dict[str, Any]], group_bytes: int) -> Iterator[dict[str, Any]]:
+    """Consecutive units (dicts of sharded items) merged into groups of at most ``group_bytes`` of tensor
+    data, or of one unit if it is larger. Lazy: units are taken one at a time, as the groups are used."""
+    group: dict[str, Any] = {}
+    group_size = 0
+    for unit in units:
+        size = sum(item.data.numel() * item.data.element_size() for item in unit.values() if item.data is not None)
+        if group and group_size + size > group_bytes:
+            yield group
+            group, group_size = {}, 0
+        group.update(unit)
+        group_size += size
+    if group:
+        yield group
 
 
 def export_checkpoint(
@@ -118,19 +127,40 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
     return model.eval(), cfg
 
 
-def import_to_checkpoint(hf_dir: str | Path, ckpt_dir: str | Path, parallel: ParallelConfig | None = None) -> Path:
-    """Write a dotsllm checkpoint (kind ``imported``, no optimizer state) from a HF dots1 folder.
+def import_to_checkpoint(
+    hf_dir: str | Path,
+    ckpt_dir: str | Path,
+    parallel: ParallelConfig | None = None,
+    group_bytes: int = DEFAULT_GROUP_BYTES,
+) -> Path:
+    """Write a dotsllm checkpoint (kind ``imported``, no optimizer state) from a HF dots1 folder, streaming.
 
-    The checkpoint is layout-free: training loads it under any TP/PP/EP. ``parallel`` is only recorded
-    (as ``layout_hint``; not as ``parallel``, which would make the trainer look for per-rank RNG state).
-    Written by one process holding the whole model.
+    The model's sharded state dict is built on the meta device (with the HF dtype) and its tensors are
+    read from the safetensors and saved ``group_bytes`` at a time (:func:`save_in_groups`; a larger
+    tensor is a group of its own): peak memory grows with the group size (1-2 groups, some of them
+    copied by megatron's save), not with the model's. The checkpoint is the one a save of the whole
+    model writes (in other files): it loads under any TP/PP/EP. ``parallel`` is only recorded (as ``layout_hint``; not as ``parallel``, which would
+    make the trainer look for per-rank RNG state). Needs a world of one.
     """
-    from dotsllm.model.builder import build_model
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    from dotsllm.model.accounting import build_meta_model
 
     cfg = dataclasses.replace(read_hf_config(hf_dir), name=Path(hf_dir).resolve().name)
-    dtype = getattr(torch, read_hf_dtype(hf_dir))
-    model = build_model(cfg, params_dtype=dtype, config_overrides=NO_INIT)
-    import_hf(hf_dir, model, cfg)
+    read = megatron_tensor_reader(hf_dir, cfg)  # checks the whole folder before anything is written
+    sharded = build_meta_model(cfg, params_dtype=getattr(torch, read_hf_dtype(hf_dir))).sharded_state_dict()
+
+    def loaded(name: str, item):
+        """``item`` holding its tensor read from ``hf_dir``, in the model's dtype (norms and biases: fp32)."""
+        if isinstance(item, ShardedObject):  # a layer's ``_extra_state`` (None for local layers)
+            return item
+        return dataclasses.replace(item, data=read(name).to(item.data.dtype))
+
+    # Lazy: each group is read when the previous one is saved.
+    groups = (
+        {"model": {name: loaded(name, item) for name, item in group.items()}}
+        for group in _batched(({name: item} for name, item in sharded.items()), group_bytes)
+    )
     meta = {
         "kind": "imported",
         "source": str(Path(hf_dir).resolve()),
@@ -142,7 +172,7 @@ def import_to_checkpoint(hf_dir: str | Path, ckpt_dir: str | Path, parallel: Par
         "layout_hint": dataclasses.asdict(parallel or ParallelConfig()),
         "has_optimizer": False,
     }
-    return write_checkpoint(ckpt_dir, {"model": model.sharded_state_dict()}, meta)
+    return write_checkpoint(ckpt_dir, groups, meta)
 
 
 def read_hf_dtype(hf_dir: str | Path) -> str:

@@ -1,21 +1,21 @@
 """HF dots1 folders: write one from streamed megatron tensors, read one back as megatron tensors.
 
 Weights are safetensors only: nothing here unpickles. Export holds at most one shard in memory;
-import reads one HF tensor group at a time (memory-mapped). Errors name the tensor and the file.
+import reads one tensor at a time, after checking every tensor's name and shape. Errors name the tensor and the file.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dotsllm.convert.hf_mapping import hf_to_megatron, megatron_to_hf, tensor_maps
+from dotsllm.convert.hf_mapping import hf_to_megatron, megatron_to_hf, tensor_map, tensor_maps
 from dotsllm.model.config import Dots1ModelConfig
 
 INDEX = "model.safetensors.index.json"
@@ -112,6 +112,20 @@ def iter_hf_as_megatron(
     yield from hf_to_megatron(reader.get, cfg, te)
 
 
+def megatron_tensor_reader(hf_dir: str | Path, cfg: Dots1ModelConfig) -> Callable[[str], torch.Tensor]:
+    """A function reading one megatron tensor (local or TE name) from a HF dots1 folder.
+
+    The folder is checked at once: every tensor of ``cfg`` present with its shape (safetensors headers only).
+    """
+    reader = _SafetensorsFolder(Path(hf_dir), cfg)
+
+    def read(megatron_name: str) -> torch.Tensor:
+        m = tensor_map(megatron_name, cfg)
+        return m.to_megatron([reader.get(name) for name in m.hf_names])
+
+    return read
+
+
 def import_hf(hf_dir: str | Path, model: torch.nn.Module, cfg: Dots1ModelConfig) -> None:
     """Load a HF dots1 folder into a single-stage, unsharded megatron ``GPTModel`` built from ``cfg``."""
     te = any(name.endswith(".layer_norm_weight") for name in model.state_dict())
@@ -133,39 +147,51 @@ def load_into_model(model: torch.nn.Module, named_tensors: Iterable[tuple[str, t
 
 
 class _SafetensorsFolder:
-    """The safetensors files of a HF folder, opened lazily; ``get`` checks names and shapes against ``cfg``."""
+    """The safetensors files of a HF folder, their tensors' names and shapes checked against ``cfg`` on opening.
+
+    A file is opened for each read and closed after it: safetensors memory-maps it, and the pages a
+    read touches would stay resident (counted in RSS) while it is open.
+    """
 
     def __init__(self, folder: Path, cfg: Dots1ModelConfig) -> None:
         self.folder = folder
         self.shapes = {n: s for m in tensor_maps(cfg) for n, s in zip(m.hf_names, m.hf_shapes)}
-        self.files: dict[str, safe_open] = {}
         index = folder / INDEX
         if index.is_file():
             self.weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
         elif (folder / "model.safetensors").is_file():
-            self.weight_map = dict.fromkeys(self._open("model.safetensors", "(all)").keys(), "model.safetensors")
+            with self._open("model.safetensors", "(all)") as handle:
+                self.weight_map = dict.fromkeys(handle.keys(), "model.safetensors")
         else:
             raise FileNotFoundError(f"{folder}: neither {INDEX} nor model.safetensors")
         unexpected = sorted(set(self.weight_map) - set(self.shapes))
         if unexpected:
             raise ValueError(f"{folder}: {len(unexpected)} tensor(s) the model config lacks, e.g. {unexpected[:5]}")
+        # Every tensor before any is read (headers only): a long import fails at once.
+        by_file: dict[str, list[str]] = {}
+        for name in self.shapes:
+            if name not in self.weight_map:
+                raise ValueError(f"{name}: missing from {self.folder}")
+            by_file.setdefault(self.weight_map[name], []).append(name)
+        for file, names in by_file.items():
+            with self._open(file, names[0]) as handle:
+                stored = set(handle.keys())
+                for name in names:
+                    if name not in stored:
+                        raise ValueError(f"{name}: listed in {INDEX} but missing from {self.folder / file}")
+                    shape = tuple(handle.get_slice(name).get_shape())
+                    if shape != self.shapes[name]:
+                        raise ValueError(
+                            f"{name}: shape {shape} in {self.folder / file}, config.json needs {self.shapes[name]}"
+                        )
 
     def _open(self, file: str, tensor: str) -> safe_open:
-        if file not in self.files:
-            try:
-                self.files[file] = safe_open(self.folder / file, framework="pt")
-            except (SafetensorError, OSError) as e:
-                raise ValueError(f"{tensor}: cannot read {self.folder / file} (truncated or corrupt?): {e}") from e
-        return self.files[file]
+        try:
+            return safe_open(self.folder / file, framework="pt")
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{tensor}: cannot read {self.folder / file} (truncated or corrupt?): {e}") from e
 
     def get(self, name: str) -> torch.Tensor:
-        file = self.weight_map.get(name)
-        if file is None:
-            raise ValueError(f"{name}: missing from {self.folder}")
-        handle = self._open(file, name)
-        if name not in handle.keys():
-            raise ValueError(f"{name}: listed in {INDEX} but missing from {self.folder / file}")
-        shape = tuple(handle.get_slice(name).get_shape())
-        if shape != self.shapes[name]:
-            raise ValueError(f"{name}: shape {shape} in {self.folder / file}, config.json needs {self.shapes[name]}")
-        return handle.get_tensor(name)
+        """The HF tensor ``name`` (checked when the folder was opened)."""
+        with self._open(self.weight_map[name], name) as handle:
+            return handle.get_tensor(name)

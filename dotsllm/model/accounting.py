@@ -116,9 +116,10 @@ def count_parameters(model: torch.nn.Module, config: Dots1ModelConfig) -> Parame
     return ParameterCounts(layers, first_stage, last_stage, config.num_experts, config.moe_router_topk)
 
 
-def build_meta_model(config: Dots1ModelConfig) -> torch.nn.Module:
+def build_meta_model(config: Dots1ModelConfig, params_dtype: torch.dtype = torch.bfloat16) -> torch.nn.Module:
     """The whole dots1 ``GPTModel`` (megatron-core local layers) on the meta device.
 
+    Its tensors have the dtypes of a model built with ``params_dtype`` (norms and expert biases stay fp32).
     Needs a world of one; initializes (and afterwards tears down) one when none exists.
     """
     from megatron.core import parallel_state
@@ -141,7 +142,7 @@ def build_meta_model(config: Dots1ModelConfig) -> torch.nn.Module:
             return build_model(
                 config,
                 backend="local",
-                params_dtype=torch.bfloat16,
+                params_dtype=params_dtype,
                 config_overrides=dict(use_cpu_initialization=True, perform_initialization=False),
             )
     finally:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,12 +147,18 @@ class Checkpointer:
         return dist_checkpointing.load(state, str(ckpt_dir))
 
 
-def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str, Any], replace: bool = False) -> Path:
+def write_checkpoint(
+    ckpt_dir: str | Path, state: dict[str, Any] | Iterable[dict[str, Any]], meta: dict[str, Any], replace: bool = False
+) -> Path:
     """Write one checkpoint directory on every rank, atomically: under ``.tmp_<name>`` beside it,
     ``dotsllm.json`` last, then renamed into place. An existing ``ckpt_dir`` is an error unless
-    ``replace``. Used by :meth:`Checkpointer.save` and for checkpoints outside a run (imports).
+    ``replace``; on an error nothing is left. Used by :meth:`Checkpointer.save` and for checkpoints
+    outside a run (imports). ``state`` is a sharded state dict, or (world of one) groups of one, saved
+    a group at a time by :func:`save_in_groups`.
     """
     from megatron.core import dist_checkpointing
+
+    from dotsllm.training.streamed_save import save_in_groups
 
     final = Path(ckpt_dir)
     tmp = final.with_name(f".tmp_{final.name}")
@@ -162,7 +169,15 @@ def write_checkpoint(ckpt_dir: str | Path, state: dict[str, Any], meta: dict[str
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     torch.distributed.barrier()
-    dist_checkpointing.save(state, str(tmp))
+    try:
+        if isinstance(state, dict):
+            dist_checkpointing.save(state, str(tmp))
+        else:
+            save_in_groups(state, tmp)
+    except BaseException:
+        if rank0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     torch.distributed.barrier()
     if rank0:
         _write_atomic(tmp / META_FILE, json.dumps({**meta, "name": final.name}, indent=2))

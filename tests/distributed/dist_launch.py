@@ -21,8 +21,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_workers(nproc: int, command: str, *args: object, timeout_s: float = 120) -> str:
-    """Run ``worker.py command *args`` on ``nproc`` local processes (gloo); returns their output.
+def run_workers(nproc: int, command: str, *args: object, timeout_s: float = 120, worker: Path = WORKER) -> str:
+    """Run ``worker command *args`` (default ``worker.py``) on ``nproc`` local processes (gloo); returns their output.
 
     Fails the calling test with the workers' output when they exit non-zero or outlive ``timeout_s``
     (the whole process group is killed then).
@@ -30,7 +30,7 @@ def run_workers(nproc: int, command: str, *args: object, timeout_s: float = 120)
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         f"--nproc_per_node={nproc}", "--nnodes=1", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        str(WORKER), command, *map(str, args),
+        str(worker), command, *map(str, args),
     ]  # fmt: skip
     env = {
         **os.environ,
