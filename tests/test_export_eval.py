@@ -88,10 +88,11 @@ def test_import_round_trips_the_checkpoint_bit_for_bit(trained, exported, tmp_pa
 
     _, ckpt, out = trained
     imported = tmp_path / "imported"
-    assert cli.main(["import-hf", str(out), str(imported), "--ep", "2"]) == 0
+    assert cli.main(["import-hf", str(out), str(imported)]) == 0
     meta = read_meta(imported)
     assert (meta["kind"], meta["step"], meta["tokens_seen"], meta["has_optimizer"]) == ("imported", 0, 0, False)
-    assert meta["model"] == {**read_meta(ckpt)["model"], "name": out.name} and meta["layout_hint"]["ep"] == 2
+    assert meta["model"] == {**read_meta(ckpt)["model"], "name": out.name} and meta["trainer"] == "import"
+    assert meta["parallel"] is None and meta["train_state"] == {"step": 0, "consumed_samples": 0, "nonfinite_skipped": 0}
 
     original = dist_checkpointing.load_plain_tensors(str(ckpt))
     again = {

@@ -10,7 +10,8 @@ from dotsllm.commands.export_hf import parse_size
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("hf_dir", help="HF Dots1ForCausalLM folder (config.json + safetensors)")
     parser.add_argument(
-        "checkpoint", help="checkpoint directory to create; then: dotsllm pretrain ... checkpoint.load_from=CKPT"
+        "checkpoint",
+        help="checkpoint directory to create; it loads under any TP/PP/EP: dotsllm pretrain ... checkpoint.load_from=CKPT",
     )
     parser.add_argument(
         "--max-group-size",
@@ -18,13 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="512MiB",
         help="weights read and saved at a time (default 512MiB); peak memory follows it, not the model's size",
     )
-    layout = parser.add_argument_group(
-        "layout",
-        "Recorded only: dist_checkpointing checkpoints store global tensors, so the one written here "
-        "(by a single process) loads under any TP/PP/EP.",
-    )
-    for flag in ("--tp", "--pp", "--ep"):
-        layout.add_argument(flag, type=int, default=1)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from dotsllm.parallel.setup import init_distributed
 
     init_distributed(ParallelConfig())
-    layout = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep)
-    path = import_to_checkpoint(args.hf_dir, args.checkpoint, layout, group_bytes=args.max_group_size)
+    path = import_to_checkpoint(args.hf_dir, args.checkpoint, group_bytes=args.max_group_size)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     Console().print(f"wrote {path} (kind imported, step 0, no optimizer state); peak RSS {peak / 2**20:.0f} MiB")
     return 0

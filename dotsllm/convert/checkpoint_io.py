@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 from dotsllm.convert.hf_io import export_hf, megatron_tensor_reader, read_hf_config
-from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.model.config import Dots1ModelConfig
 from dotsllm.training.checkpoint import read_meta, write_checkpoint
+from dotsllm.training.checkpoint_state import CheckpointMeta
 
 DEFAULT_GROUP_BYTES = 512 * 2**20
 NO_INIT = {"perform_initialization": False}  # every weight is loaded
@@ -130,7 +131,6 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
 def import_to_checkpoint(
     hf_dir: str | Path,
     ckpt_dir: str | Path,
-    parallel: ParallelConfig | None = None,
     group_bytes: int = DEFAULT_GROUP_BYTES,
 ) -> Path:
     """Write a dotsllm checkpoint (kind ``imported``, no optimizer state) from a HF dots1 folder, streaming.
@@ -139,8 +139,7 @@ def import_to_checkpoint(
     read from the safetensors and saved ``group_bytes`` at a time (:func:`save_in_groups`; a larger
     tensor is a group of its own): peak memory grows with the group size (1-2 groups, some of them
     copied by megatron's save), not with the model's. The checkpoint is the one a save of the whole
-    model writes (in other files): it loads under any TP/PP/EP. ``parallel`` is only recorded (as ``layout_hint``; not as ``parallel``, which would
-    make the trainer look for per-rank RNG state). Needs a world of one.
+    model writes (in other files): it loads under any TP/PP/EP. Needs a world of one.
     """
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
@@ -161,18 +160,11 @@ def import_to_checkpoint(
         {"model": {name: loaded(name, item) for name, item in group.items()}}
         for group in _batched(({name: item} for name, item in sharded.items()), group_bytes)
     )
-    meta = {
-        "kind": "imported",
-        "source": str(Path(hf_dir).resolve()),
-        "step": 0,
-        "consumed_samples": 0,
-        "nonfinite_skipped": 0,
-        "tokens_seen": 0,
-        "model": dataclasses.asdict(cfg),
-        "layout_hint": dataclasses.asdict(parallel or ParallelConfig()),
-        "has_optimizer": False,
-    }
-    return write_checkpoint(ckpt_dir, groups, meta)
+    meta = CheckpointMeta(
+        kind="imported", step=0, tokens_seen=0, model=dataclasses.asdict(cfg), trainer="import",
+        source=str(Path(hf_dir).resolve()),
+    )  # fmt: skip
+    return write_checkpoint(ckpt_dir, groups, meta.as_dict())
 
 
 def read_hf_dtype(hf_dir: str | Path) -> str:
