@@ -233,21 +233,21 @@ class PretrainData:
             config, self.tokenizer, seq_length, self.train_samples, eval_samples, seed, cache_dir
         )
 
+    def _sampler(self, consumed_samples: int) -> StepBatchSampler:
+        return StepBatchSampler(
+            len(self.train), consumed_samples, self.micro_batch_size, self.dp_rank, self.dp_size,
+            self.seq_length, self.batch_ramp,
+        )  # fmt: skip
+
     def global_batch_samples(self, consumed_samples: int) -> int:
-        return self.batch_ramp.global_batch_samples(
-            consumed_samples * self.seq_length, self.seq_length, self.micro_batch_size * self.dp_size
-        )
+        return self._sampler(consumed_samples).global_batch_samples(consumed_samples)
 
     def microbatches(self, consumed_samples: int) -> Iterator[dict[str, torch.Tensor]]:
         """This DP rank's micro-batches from ``consumed_samples`` on, on the training device
         (DataLoader workers prefetch)."""
-        sampler = StepBatchSampler(
-            len(self.train), consumed_samples, self.micro_batch_size, self.dp_rank, self.dp_size,
-            self.seq_length, self.batch_ramp,
-        )  # fmt: skip
         loader = torch.utils.data.DataLoader(
             self.train,
-            batch_sampler=sampler,
+            batch_sampler=self._sampler(consumed_samples),
             num_workers=self.config.num_workers,
             collate_fn=collate,
             persistent_workers=False,

@@ -25,23 +25,6 @@ requires_te = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def cuda_world():
-    from dotsllm.model import ParallelConfig
-    from dotsllm.parallel.setup import destroy_distributed, init_distributed
-
-    init_distributed(ParallelConfig(), seed=1234)
-    yield
-    destroy_distributed()
-
-
-@pytest.fixture
-def tiny():
-    from dotsllm.model import Dots1ModelConfig
-
-    return Dots1ModelConfig.from_preset("dots1-tiny")
-
-
 def tokens(vocab_size: int, batch: int = 2, seq: int = 128, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(seed)).cuda()
 
@@ -71,21 +54,26 @@ def assert_grads_align(got: dict, want: dict, min_cosine: float = 0.99) -> None:
         assert cosine > min_cosine or want[name].norm() < 1e-6, f"{name}: cosine {cosine:.4f}"
 
 
-def test_cpu_layer_is_off_and_groups_use_nccl(cuda_world):
+def test_cpu_layer_is_off_and_groups_use_nccl(megatron_world):
     from dotsllm.compat import megatron_cpu
 
     assert megatron_cpu.apply() is False
     assert torch.distributed.get_backend() == "nccl"
 
 
-def test_local_spec_in_bf16_tracks_fp32(cuda_world, tiny, tmp_path):
+def model_pair(cfg, tmp_path: Path, first: dict, second: dict):
+    """Two builds of ``cfg`` (``build_model`` keyword sets) on the GPU holding the same weights."""
     from dotsllm.model import build_model
 
     torch.manual_seed(0)
-    fp32 = build_model(tiny, backend="local", params_dtype=torch.float32).cuda()
-    bf16 = build_model(tiny, backend="local", params_dtype=torch.bfloat16).cuda()
-    copy_through_checkpoint(fp32, bf16, tmp_path)
-    batch = tokens(tiny.vocab_size)
+    a, b = (build_model(cfg, **kwargs).cuda() for kwargs in (first, second))
+    copy_through_checkpoint(a, b, tmp_path)
+    return a, b
+
+
+def test_local_spec_in_bf16_tracks_fp32(megatron_world, tiny_config, tmp_path):
+    fp32, bf16 = model_pair(tiny_config, tmp_path, {"backend": "local"}, {"backend": "local", "params_dtype": torch.bfloat16})
+    batch = tokens(tiny_config.vocab_size)
     loss32, grads32 = loss_and_grads(fp32, batch)
     loss16, grads16 = loss_and_grads(bf16, batch)
     assert abs(loss16 - loss32) < 2e-2 * loss32
@@ -93,16 +81,12 @@ def test_local_spec_in_bf16_tracks_fp32(cuda_world, tiny, tmp_path):
 
 
 @requires_te
-def test_te_spec_matches_local_spec(cuda_world, tiny, tmp_path):
+def test_te_spec_matches_local_spec(megatron_world, tiny_config, tmp_path):
     """TE layers (fused norm+linear, TE attention, grouped-GEMM experts) against megatron's local ones."""
-    from dotsllm.model import build_model
-
-    torch.manual_seed(0)
-    local = build_model(tiny, backend="local", params_dtype=torch.bfloat16).cuda()
-    te = build_model(tiny, backend="te", params_dtype=torch.bfloat16).cuda()
+    bf16 = {"params_dtype": torch.bfloat16}
+    local, te = model_pair(tiny_config, tmp_path, {"backend": "local", **bf16}, {"backend": "te", **bf16})
     assert te.config.moe_grouped_gemm
-    copy_through_checkpoint(local, te, tmp_path)
-    batch = tokens(tiny.vocab_size)
+    batch = tokens(tiny_config.vocab_size)
     with torch.no_grad():
         positions = torch.arange(128, device="cuda")[None].expand(2, -1)
         logits_local, logits_te = (m(batch[:, :-1], positions, None).float() for m in (local, te))
@@ -113,23 +97,18 @@ def test_te_spec_matches_local_spec(cuda_world, tiny, tmp_path):
 
 
 @requires_te
-def test_grouped_gemm_experts_match_sequential_experts(cuda_world, tiny, tmp_path):
-    from dotsllm.model import build_model
-
-    torch.manual_seed(0)
-    sequential = build_model(tiny, backend="te", params_dtype=torch.bfloat16,
-                             config_overrides={"moe_grouped_gemm": False}).cuda()  # fmt: skip
-    grouped = build_model(tiny, backend="te", params_dtype=torch.bfloat16).cuda()
-    copy_through_checkpoint(sequential, grouped, tmp_path)
-    batch = tokens(tiny.vocab_size)
+def test_grouped_gemm_experts_match_sequential_experts(megatron_world, tiny_config, tmp_path):
+    te = {"backend": "te", "params_dtype": torch.bfloat16}
+    sequential, grouped = model_pair(tiny_config, tmp_path, {**te, "config_overrides": {"moe_grouped_gemm": False}}, te)
+    batch = tokens(tiny_config.vocab_size)
     loss_seq, grads_seq = loss_and_grads(sequential, batch)
-    loss_grouped, _ = loss_and_grads(grouped, batch)
+    loss_grouped, grads_grouped = loss_and_grads(grouped, batch)
     assert abs(loss_grouped - loss_seq) < 1e-2 * loss_seq
-    assert grads_seq  # every parameter got a gradient through the sequential experts
+    assert len(grads_grouped) < len(grads_seq)  # one grouped weight per layer, not one per expert
 
 
 @requires_te
-def test_thd_packed_attention_equals_each_sequence_alone(cuda_world, tiny):
+def test_thd_packed_attention_equals_each_sequence_alone(megatron_world, tiny_config):
     """Two sequences packed in one THD row (PackedSeqParams, cu_seqlens) through TE attention give each
     sequence's own logits: the form SFT packing uses on a GPU."""
     from megatron.core.packed_seq_params import PackedSeqParams
@@ -137,8 +116,8 @@ def test_thd_packed_attention_equals_each_sequence_alone(cuda_world, tiny):
     from dotsllm.model import build_model
 
     torch.manual_seed(0)
-    model = build_model(tiny, backend="te", params_dtype=torch.bfloat16).cuda().eval()
-    a, b = tokens(tiny.vocab_size, 1, 48, seed=1)[:, :48], tokens(tiny.vocab_size, 1, 80, seed=2)[:, :80]
+    model = build_model(tiny_config, backend="te", params_dtype=torch.bfloat16).cuda().eval()
+    a, b = tokens(tiny_config.vocab_size, 1, 48, seed=1)[:, :48], tokens(tiny_config.vocab_size, 1, 80, seed=2)[:, :80]
     cu = torch.tensor([0, 48, 128], dtype=torch.int32, device="cuda")
     packed = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=80, max_seqlen_kv=80)
     positions = torch.cat([torch.arange(48), torch.arange(80)]).cuda()[None]
