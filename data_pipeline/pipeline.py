@@ -227,6 +227,7 @@ def make_executor(config: DictConfig, stage: Stage, depends=None):
 
 def run_pipeline(config: DictConfig) -> dict | None:
     """Runs every stage (skipping completed tasks) and returns the manifest; None while SLURM jobs still run."""
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     stages = build_stages(config)
@@ -234,7 +235,7 @@ def run_pipeline(config: DictConfig) -> dict | None:
     start = time.time()
     columns = (TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TextColumn("tasks"),
                TimeElapsedColumn())
-    with Progress(*columns, disable=not config.progress) as progress:
+    with Progress(*columns, console=Console(stderr=True), disable=not config.progress) as progress:
         if config.executor == "slurm":
             executors = []
             for stage in stages:

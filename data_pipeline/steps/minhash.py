@@ -113,12 +113,13 @@ class MinhashSignature(PipelineStep):
         self.config = config
         self.bucket_tasks = bucket_tasks
         self.buffer_bytes = buffer_bytes
-        self.batch = batch
+        self.batch = batch  # documents hashed before their records go to the runs: at most a quarter of the buffer
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         hasher = MinhashHasher(self.config)
         bands = RunWriter(f"{self.folder}/bands", f"{rank:05d}", self.buffer_bytes, record_size=_BAND.itemsize)
-        records = np.zeros((self.batch, self.config.bands), dtype=_BAND)
+        batch = max(1, min(self.batch, self.buffer_bytes // (4 * self.config.bands * _BAND.itemsize)))
+        records = np.zeros((batch, self.config.bands), dtype=_BAND)
         records["band"] = np.arange(self.config.bands)
         os.makedirs(f"{self.folder}/ids", exist_ok=True)
         n = 0
@@ -133,7 +134,7 @@ class MinhashSignature(PipelineStep):
                         n += 1
                     else:
                         self.stat_update("no_shingles")
-                    if n == self.batch:
+                    if n == batch:
                         self._spread(bands, records)
                         n = 0
                 yield doc
