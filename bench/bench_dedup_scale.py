@@ -146,15 +146,12 @@ def main() -> None:
 
     from omegaconf import OmegaConf
 
-    from data_pipeline.tokenizer import train_sentencepiece
-
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = workdir / "tokenizer.model"
     if not tokenizer.exists():  # one tokenizer for every size, so that no size trains its own
-        from data_pipeline.sample import generate as g
-
-        rng = random.Random(1)
-        train_sentencepiece((g.english_doc(rng, paragraphs=9) for _ in range(2000)), str(workdir / "tokenizer"), 8192)
+        generate(workdir / "tokenizer-sample", 2000, seed=1)
+        subprocess.run([sys.executable, "-m", "data_pipeline.cli", "train-tokenizer", str(workdir / "tokenizer-sample"),
+                        "--output", str(workdir / "tokenizer"), "--vocab-size", "8192"], check=True)
     rows = {}
     for size in args.sizes:
         folder = workdir / f"x{size}"

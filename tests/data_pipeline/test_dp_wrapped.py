@@ -76,7 +76,8 @@ def test_hard_wrapped_mirrors_are_near_duplicates_after_cleaning(tmp_path):
     rng = random.Random(11)
     page = g.english_doc(rng, paragraphs=9)
     records = [{"id": "man", "text": man_page()}, {"id": "page", "text": wrapped(page, 72)}]
-    records += [{"id": f"mirror-{width}", "text": wrapped(g.edit_words(page, rng, 75), width)} for width in (72, 76, 80)]
+    records += [{"id": f"mirror-{width}", "text": wrapped(g.edit_words(page, rng, 75), width)}
+                for width in (72, 76, 80)]
     records += [{"id": f"other-{i}", "text": wrapped(g.english_doc(rng, paragraphs=9), 72)} for i in range(3)]
     (tmp_path / "in.jsonl").write_bytes(g.jsonl(records))
     off = {"enabled": False}
