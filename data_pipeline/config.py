@@ -8,7 +8,8 @@ DEFAULTS = {
     "executor": "local",  # local | slurm | ray
     "tasks": 2,
     "workers": -1,  # -1: one per task
-    "progress": True,
+    "progress": True,  # a bar per stage on the console
+    "verbose": False,  # datatrove's log lines and per-task stat blocks on the console too (always in logs/)
     "slurm": {
         "partition": "???",
         "time": "04:00:00",
@@ -27,17 +28,24 @@ DEFAULTS = {
         "language": {"enabled": True, "languages": ["en", "zh"], "threshold": 0.65},
         "exact_dedup": {"enabled": True},
         "line_dedup": {"enabled": True, "edge_lines": 5, "max_count": 200},
+        # the exact and line-dedup index: tasks (MD5 / line-hash partitions) and the records each task of
+        # ingest and dedup_index holds in memory before it spills a sorted run to disk
+        "dedup_index": {"tasks": 2, "buffer_bytes": 256 << 20},
         # datatrove's defaults are English; Chinese has no spaces, short words and its own stop words
         "quality": {
             "gopher_quality": {"enabled": True, "params": {}, "per_language": {"zh": {
                 "stop_words": ["的", "了", "是", "在", "和", "我们", "这"], "min_avg_word_length": 1,
                 "max_avg_word_length": 6, "min_doc_words": 80}}},
             "gopher_repetition": {"enabled": True, "params": {}, "per_language": {}},
-            "c4": {"enabled": True, "params": {},
-                   "per_language": {"zh": {"filter_no_terminal_punct": False, "min_words_per_line": -1}}},
+            # FineWeb's setting: the C4 rule that drops lines without terminal punctuation keeps only the
+            # last line of a hard-wrapped paragraph
+            "c4": {"enabled": True, "params": {"filter_no_terminal_punct": False},
+                   "per_language": {"zh": {"min_words_per_line": -1}}},
             "fineweb": {"enabled": True, "params": {}, "per_language": {"zh": {"short_line_length": 12}}},
         },
-        "minhash": {"enabled": True, "n_grams": 5, "bands": 128, "rows": 16, "seed": 1, "bucket_tasks": 4},
+        # bucket_tasks split the bands; buffer_bytes: records a filter, bucket or cluster task holds in memory
+        "minhash": {"enabled": True, "n_grams": 5, "bands": 128, "rows": 16, "seed": 1, "bucket_tasks": 4,
+                    "buffer_bytes": 256 << 20},
         "tokenize": {"enabled": True, "tokenizer": None, "eod_token": None, "train_vocab_size": 8192},
     },
 }

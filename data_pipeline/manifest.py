@@ -1,18 +1,22 @@
-"""`manifest.json`: per-stage, per-step counts (in, out, dropped by reason), bytes, tokens, time; the config."""
+"""`manifest.json`: per-stage, per-step counts (in, out, dropped by reason, characters removed by reason),
+bytes, tokens, time; a per-stage summary; the config."""
 
 import glob
 import json
 
 import orjson
 from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.readers.base import BaseReader
 from datatrove.pipeline.writers import JsonlWriter
 from omegaconf import DictConfig, OmegaConf
 
 _COUNTS = {"total", "forwarded", "dropped"}
+_DROPPED, _REMOVED_CHARS = "dropped_", "removed_chars_"
 
 
 def stage_stats(output_dir: str, stage: str) -> list[dict]:
-    """Per step of `stage`: name, time and stat totals summed over its tasks' `stats/<rank>.json`.
+    """Per step of `stage` (a stage run: `logs/<stage>/`): name, time and stat totals summed over its
+    tasks' `stats/<rank>.json`.
 
     Read from the per-task files because the executor's `stats.json` covers only the tasks that ran
     in its last invocation, not those completed before an interruption.
@@ -39,22 +43,44 @@ def _step_entry(stat: dict) -> dict:
     if stat["name"].startswith(BaseFilter.type):
         entry["in"] = values.get("total", 0)
         entry["out"] = values.get("forwarded", 0)
-        entry["dropped"] = {k.removeprefix("dropped_"): v for k, v in values.items() if k.startswith("dropped_")}
-        values = {k: v for k, v in values.items() if k not in _COUNTS and not k.startswith("dropped_")}
+        entry["dropped"] = {k.removeprefix(_DROPPED): v for k, v in values.items() if k.startswith(_DROPPED)}
+        values = {k: v for k, v in values.items() if k not in _COUNTS and not k.startswith(_DROPPED)}
+    if removed := {k.removeprefix(_REMOVED_CHARS): v for k, v in values.items() if k.startswith(_REMOVED_CHARS)}:
+        entry["removed_chars"] = removed
+        values = {k: v for k, v in values.items() if not k.startswith(_REMOVED_CHARS)}
     entry.update(values)
     entry["time_s"] = round(stat["time_s"], 3)
     return entry
 
 
-def write_manifest(config: DictConfig, stages: list[str], wall_time_s: float) -> dict:
-    manifest = {"stages": {}, "wall_time_s": round(wall_time_s, 3)}
-    totals = {"input_lines": 0, "errors": 0, "rejected": 0, "kept": 0, "tokens": 0, "input_bytes": 0, "kept_chars": 0}
-    for stage in stages:
-        steps = [_step_entry(stat) for stat in stage_stats(config.output_dir, stage)]
-        manifest["stages"][stage] = steps
-        for entry in steps:
-            totals["rejected"] += sum(entry.get("dropped", {}).values())
-            totals["tokens"] += entry.get("tokens", 0)
+def _summary(steps: list[dict]) -> dict:
+    """A stage's documents in and out (None for the dedup stages, which read and write records),
+    dropped and characters removed by reason, and its steps' time summed over tasks."""
+    reader = next((e for e in steps if e["step"].startswith(BaseReader.type)), None)
+    writer = next((e for e in reversed(steps) if e["step"].startswith(JsonlWriter.type)), None)
+    dropped, removed = {}, {}
+    for entry in steps:
+        for into, counts in ((dropped, entry.get("dropped", {})), (removed, entry.get("removed_chars", {}))):
+            for reason, n in counts.items():
+                into[reason] = into.get(reason, 0) + n
+    return {"in": reader.get("input_lines", reader.get("documents", 0)) if reader else None,
+            "out": writer.get("total", 0) if writer else None, "dropped": dropped, "removed_chars": removed,
+            "time_s": round(sum(e["time_s"] for e in steps), 3)}
+
+
+def write_manifest(config: DictConfig, runs: list[str], wall_time_s: float) -> dict:
+    """`runs`: the stage runs in order, `<stage>` or `<stage>/<part>` (their `logs/` folders)."""
+    manifest = {"stages": {}, "summary": {}, "wall_time_s": round(wall_time_s, 3)}
+    totals = {"input_lines": 0, "errors": 0, "rejected": 0, "kept": 0, "tokens": 0, "input_bytes": 0, "kept_chars": 0,
+              "removed_chars": 0}
+    for run in runs:
+        manifest["stages"].setdefault(run.split("/")[0], []).extend(
+            _step_entry(stat) for stat in stage_stats(config.output_dir, run))
+    for stage, steps in manifest["stages"].items():
+        manifest["summary"][stage] = summary = _summary(steps)
+        totals["rejected"] += sum(summary["dropped"].values())
+        totals["removed_chars"] += sum(summary["removed_chars"].values())
+        totals["tokens"] += sum(entry.get("tokens", 0) for entry in steps)
         if stage == "ingest" and steps:
             for key in ("input_lines", "errors", "input_bytes"):
                 totals[key] = steps[0].get(key, 0)

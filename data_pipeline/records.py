@@ -1,7 +1,9 @@
-"""Output records shared by all steps: the rejected-document writer and the error-record writer.
+"""Document keys and task assignment; the output records shared by all steps: rejected documents, errors.
 
 Every document carries `metadata["key"]`, a global position (input file index << 32 | line number)
 that does not depend on how files are split across tasks; cross-shard dedup keeps the smallest key.
+Task `r` of every per-document stage (ingest, filter, final) handles the input files `task_of_file`
+assigns to `r`, in key order, so the dedup stages can route a decision to its task by the key alone.
 """
 
 import orjson
@@ -14,6 +16,15 @@ LINE_BITS = 32
 
 def make_key(file_index: int, line: int) -> int:
     return (file_index << LINE_BITS) | line
+
+
+def task_of_file(file_index: int, tasks: int) -> int:
+    return file_index % tasks
+
+
+def task_of_key(key: int, tasks: int) -> int:
+    """The task of every per-document stage that holds the document of `key`."""
+    return task_of_file(key >> LINE_BITS, tasks)
 
 
 class RejectedWriter(JsonlWriter):

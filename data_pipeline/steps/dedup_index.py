@@ -1,88 +1,139 @@
 """Global decisions of the exact and line-level dedups, identical whatever the number of tasks.
 
-`DedupHasher` (in the ingest stage) records each document's key, id, normalized MD5 and edge-line
-hashes; `DedupIndex` (a one-task stage) replays all documents in key order, keeps the first of each
-MD5 and counts edge lines over the kept ones, and writes the decisions to one JSON file. It holds
-one entry per document in memory: fine up to tens of millions of documents per run.
+Three steps over sorted files (`data_pipeline.sorted_runs`), each task holding at most `buffer_bytes`:
+- `DedupHasher` (ingest, per task) writes one record per document, partitioned by the MD5 of its
+  normalized text: `(md5, key, edge lines, id)`, sorted by `(md5, key)`.
+- `ExactIndex` (dedup_index, one task per MD5 partition) keeps each MD5's smallest key and lists
+  every other document for its filter task with the kept id; it passes the edge lines of the kept
+  documents on to the line index, partitioned by line hash, as `(line hash, key, position)`.
+- `LineIndex` (dedup_index, one task per line-hash partition) counts each line's occurrences in key
+  order and lists `(key, position)` past the first `max_count` for its filter task.
+Line counts run over the documents exact dedup keeps, hence the two passes. The filter stage's
+`DuplicateFilter` and `LineDedup` read their task's lists as its documents stream by.
 """
 
-import glob
-from collections import Counter
+import struct
 
-import orjson
 from datatrove.data import DocumentsPipeline
-from datatrove.io import get_datafolder
 from datatrove.pipeline.base import PipelineStep
 
+from data_pipeline.records import task_of_key
+from data_pipeline.sorted_runs import RunWriter, key_bytes, key_of, merge_sorted, partition_files
 from data_pipeline.steps.exact_dedup import exact_hash
-from data_pipeline.steps.line_dedup import edge_lines
+from data_pipeline.steps.line_dedup import MARK_SIZE, edge_lines
+
+_DOCUMENT = struct.Struct(">16s8sH")  # md5, key, number of edge lines; then the lines, then the id
+_EDGE_LINE = struct.Struct(">IQ")  # position, hash
+_LINE = struct.Struct(">Q8sI")  # line hash, key, position: sorted, a line's occurrences in key order
+
+
+def _check_tasks(step: PipelineStep, world_size: int, partitions: int) -> None:
+    if world_size != partitions:
+        raise ValueError(f"{step.name}: run with {partitions} tasks (steps.dedup_index.tasks), not {world_size}")
 
 
 class DedupHasher(PipelineStep):
-    """Passes documents through, writing `{key, id, md5, lines}` per document to `<folder>/<rank>.jsonl`."""
+    """Passes documents through, writing each one's dedup record to `<folder>/documents/<md5 partition>/`."""
 
     name = "#️⃣ Dedup hashes"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str, edge_lines: int = 5):
+    def __init__(self, folder: str, partitions: int, buffer_bytes: int, edge_lines: int | None = 5):
+        """`edge_lines` None: no line dedup, the records carry no lines."""
         super().__init__()
         self.folder = folder
+        self.partitions = partitions
+        self.buffer_bytes = buffer_bytes
         self.edge_lines = edge_lines
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        with get_datafolder(self.folder).open(f"{rank:05d}.jsonl", "wb") as f:
-            for doc in data:
-                with self.track_time():
-                    record = {
-                        "key": doc.metadata["key"],
-                        "id": doc.id,
-                        "md5": exact_hash(doc.text),
-                        "lines": edge_lines(doc.text, self.edge_lines),
-                    }
-                    f.write(orjson.dumps(record) + b"\n")
-                yield doc
+        runs = RunWriter(f"{self.folder}/documents", f"{rank:05d}", self.buffer_bytes)
+        for doc in data:
+            with self.track_time():
+                digest = exact_hash(doc.text)
+                lines = edge_lines(doc.text, self.edge_lines) if self.edge_lines is not None else []
+                record = (_DOCUMENT.pack(digest, key_bytes(doc.metadata["key"]), len(lines))
+                          + b"".join(_EDGE_LINE.pack(*line) for line in lines) + doc.id.encode())
+                runs.add(int.from_bytes(digest[:8], "big") % self.partitions, record)
+            yield doc
+        runs.close()
+        self.stat_update("sorted_runs", value=runs.runs)
 
 
-class DedupIndex(PipelineStep):
-    """Reads every task's hashes and writes `{"exact": {key: kept id}, "lines": {key: [line numbers]}}`."""
+class ExactIndex(PipelineStep):
+    """For its MD5 partition: `<folder>/exact/<filter task>/` lists `(key, kept id)` of exact duplicates,
+    `<folder>/lines/<line partition>/` receives the kept documents' edge lines."""
 
-    name = "🗂️ Dedup index"
+    name = "🗂️ Exact index"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str, index_file: str, exact: bool = True, max_line_count: int | None = 200):
-        """`exact=False` counts lines over all documents; `max_line_count=None` marks no line."""
+    def __init__(self, folder: str, tasks: int, partitions: int, buffer_bytes: int, exact: bool = True,
+                 lines: bool = True):
+        """`tasks`: of the filter stage; `exact=False` passes every document's lines on; `lines=False` none."""
         super().__init__()
         self.folder = folder
-        self.index_file = index_file
+        self.tasks = tasks
+        self.partitions = partitions
+        self.buffer_bytes = buffer_bytes
         self.exact = exact
-        self.max_line_count = max_line_count
+        self.lines = lines
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
-        if world_size != 1:
-            raise ValueError("DedupIndex is a global step: run it with tasks=1")
+        _check_tasks(self, world_size, self.partitions)
+        buffer = self.buffer_bytes // 2  # each writer's share
+        duplicates = RunWriter(f"{self.folder}/exact", f"{rank:05d}", buffer)
+        lines = RunWriter(f"{self.folder}/lines", f"{rank:05d}", buffer, record_size=_LINE.size)
+        kept_md5 = kept_id = None
+        documents = 0
         with self.track_time():
-            self._index()
+            for documents, record in enumerate(
+                    merge_sorted(partition_files(f"{self.folder}/documents", rank), None, self.buffer_bytes), 1):
+                md5, key, n_lines = _DOCUMENT.unpack_from(record)
+                lines_end = _DOCUMENT.size + n_lines * _EDGE_LINE.size
+                if md5 != kept_md5:  # the first of its MD5 is the smallest key
+                    kept_md5, kept_id = md5, record[lines_end:]
+                elif self.exact:
+                    duplicates.add(task_of_key(key_of(key), self.tasks), key + kept_id)
+                    continue
+                if self.lines:
+                    for position, line_hash in _EDGE_LINE.iter_unpack(record[_DOCUMENT.size : lines_end]):
+                        lines.add(line_hash % self.partitions, _LINE.pack(line_hash, key, position))
+            duplicates.close()
+            lines.close()
+        self.stat_update("documents", value=documents)
+        self.stat_update("exact_duplicates", value=duplicates.records)
+        self.stat_update("sorted_runs", value=duplicates.runs + lines.runs)
 
-    def _index(self) -> None:
-        records = []
-        for path in sorted(glob.glob(f"{self.folder}/*.jsonl")):
-            with open(path, "rb") as f:
-                records.extend(orjson.loads(line) for line in f)
-        records.sort(key=lambda r: r["key"])
-        first_of_md5, exact, lines, counts = {}, {}, {}, Counter()
-        for r in records:
-            kept_key, kept_id = first_of_md5.setdefault(r["md5"], (r["key"], r["id"]))
-            if self.exact and kept_key != r["key"]:
-                exact[str(r["key"])] = kept_id
-                continue
-            if self.max_line_count is None:
-                continue
-            for position, line_hash in r["lines"]:
-                counts[line_hash] += 1
-                if counts[line_hash] > self.max_line_count:
-                    lines.setdefault(str(r["key"]), []).append(position)
-        self.stat_update("documents", value=len(records))
-        self.stat_update("exact_duplicates", value=len(exact))
-        self.stat_update("lines_marked", value=sum(map(len, lines.values())))
-        with open(self.index_file, "wb") as f:
-            f.write(orjson.dumps({"exact": exact, "lines": lines}))
+
+class LineIndex(PipelineStep):
+    """For its line-hash partition: `<folder>/marks/<filter task>/` lists `(key, position)` of the edge lines
+    past their first `max_count` occurrences (in key order, over the documents exact dedup kept)."""
+
+    name = "🗂️ Line index"
+    type = "🫂 - DEDUP"
+
+    def __init__(self, folder: str, tasks: int, partitions: int, buffer_bytes: int, max_count: int = 200):
+        super().__init__()
+        self.folder = folder
+        self.tasks = tasks
+        self.partitions = partitions
+        self.buffer_bytes = buffer_bytes
+        self.max_count = max_count
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
+        _check_tasks(self, world_size, self.partitions)
+        marks = RunWriter(f"{self.folder}/marks", f"{rank:05d}", self.buffer_bytes // 2, record_size=MARK_SIZE)
+        line, count = None, 0
+        occurrences = 0
+        with self.track_time():
+            for occurrences, record in enumerate(
+                    merge_sorted(partition_files(f"{self.folder}/lines", rank), _LINE.size, self.buffer_bytes), 1):
+                if record[:8] != line:
+                    line, count = record[:8], 0
+                count += 1
+                if count > self.max_count:
+                    marks.add(task_of_key(key_of(record[8:]), self.tasks), record[8:])
+            marks.close()
+        self.stat_update("edge_lines", value=occurrences)
+        self.stat_update("lines_marked", value=marks.records)
+        self.stat_update("sorted_runs", value=marks.runs)

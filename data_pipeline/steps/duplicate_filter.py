@@ -1,32 +1,30 @@
-"""Drop the documents a dedup stage marked as duplicates (exact dedup, MinHash)."""
+"""Drop the documents a dedup stage listed as duplicates (exact dedup, MinHash)."""
 
-import orjson
-from datatrove.data import Document
+from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.filters.base_filter import BaseFilter
+
+from data_pipeline.sorted_runs import TaskRecords
 
 
 class DuplicateFilter(BaseFilter):
-    """Drops each document whose key the marks file maps to a kept document's id (`duplicate_of`).
+    """Drops each document listed for this task in `<folder>/<rank>/` (records: key, kept document's id),
+    with `duplicate_of` the kept id."""
 
-    The marks are a JSON object `{key: kept_id}` in `marks_file` (under `section` if given), read
-    on first use.
-    """
-
-    def __init__(self, marks_file: str, reason: str, name: str, section: str | None = None, exclusion_writer=None):
+    def __init__(self, folder: str, reason: str, name: str, exclusion_writer=None):
         self.name = name
         super().__init__(exclusion_writer)
-        self.marks_file = marks_file
+        self.folder = folder
         self.reason = reason
-        self.section = section
         self._duplicates = None
 
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        self._duplicates = TaskRecords(self.folder, rank)
+        yield from super().run(data, rank, world_size)
+        self._duplicates.finish()
+
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        if self._duplicates is None:
-            with open(self.marks_file, "rb") as f:
-                marks = orjson.loads(f.read())
-            self._duplicates = marks[self.section] if self.section else marks
-        kept_id = self._duplicates.get(str(doc.metadata["key"]))
-        if kept_id is None:
+        kept_id = self._duplicates.pop(doc.metadata["key"])
+        if not kept_id:
             return True
-        doc.metadata["duplicate_of"] = kept_id
+        doc.metadata["duplicate_of"] = kept_id[0].decode()
         return False, self.reason

@@ -60,6 +60,7 @@ class HtmlExtractor(BaseFilter):
         if not text or not text.strip():
             return False, "empty_extraction"
         self.stat_update("html_bytes", value=len(doc.text))
+        self.stat_update("removed_chars_markup_and_boilerplate", value=len(doc.text) - len(text.strip()))
         doc.text = text.strip()
         doc.metadata["is_html"] = False
         return True

@@ -1,25 +1,32 @@
 """Stage 7: MinHash-LSH near-duplicate removal (5-gram word shingles, 128 bands × 16 rows).
 
-Four steps, like datatrove's minhash module but vectorized:
-`MinhashSignature` (per task) hashes each document's word 5-grams once, applies all
-bands × rows hash functions in one numpy matrix operation, and writes one hash per band;
-`MinhashBuckets` (tasks split the bands) links documents that share a band hash;
-`MinhashCluster` (one task) takes connected components and keeps each component's smallest key;
-`DuplicateFilter` (per task) drops the others with `duplicate_of` the kept document.
+Four steps with the file protocol of datatrove's minhash module (`data_pipeline.sorted_runs`), each
+task holding at most `buffer_bytes`:
+`MinhashSignature` (filter stage, per task) hashes each document's word 5-grams once, applies all
+bands × rows hash functions in one numpy matrix operation, and writes `(band, band hash, key)` to
+the sorted runs of the bucket task that owns the band, and `(key, id)` to its ids file;
+`MinhashBuckets` (one task per band group) merges its bands' records and writes a pair
+(first key, key) for each document sharing a band hash with a smaller key;
+`MinhashCluster` (one task) joins the pairs by union-find, each cluster's smallest key its root, and
+lists every other member with the root's id for the final task that holds it;
+`DuplicateFilter` (final stage, per task) drops those with `duplicate_of` the kept document.
 datatrove's own `MinhashDedupSignature` calls Python per shingle and per hash function and splits
 words with spaCy, which is why this is written here (see bench/bench_data_pipeline.py).
 """
 
 import glob
 import os
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 import xxhash
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.batching import batched
 
+from data_pipeline.records import task_of_key
+from data_pipeline.sorted_runs import RunWriter, framed, key_bytes, key_of, merge_sorted, partition_files
 from data_pipeline.text import split_words
 
 _U32_MAX = np.uint32(0xFFFFFFFF)
@@ -86,116 +93,173 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _sig_dtype(bands: int) -> np.dtype:
-    return np.dtype([("key", "<i8"), ("bands", "<u8", (bands,))])
+_BAND = np.dtype([("band", ">u2"), ("value", ">u8"), ("key", ">u8")])  # sorted: equal band hashes in key order
+_GROUP_BYTES = 10  # band and band hash: the records sharing them are candidates
+_PAIR_SIZE = 16  # two keys, the smaller first
+_CHUNK = 1 << 16  # pairs or members handled at once in numpy
 
 
 class MinhashSignature(PipelineStep):
-    """Passes documents through, writing `(key, band hashes)` to `<folder>/sigs/<rank>.bin`."""
+    """Passes documents through, writing band records to `<folder>/bands/<bucket task>/` and `(key, id)`
+    to `<folder>/ids/<rank>.bin` (in key order) for each document with at least one shingle."""
 
     name = "🎯 MinHash signatures"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str, config: MinhashConfig = MinhashConfig(), batch: int = 1024):
+    def __init__(self, folder: str, config: MinhashConfig = MinhashConfig(), bucket_tasks: int = 4,
+                 buffer_bytes: int = 256 << 20, batch: int = 1024):
         super().__init__()
         self.folder = folder
         self.config = config
-        self.batch = batch
+        self.bucket_tasks = bucket_tasks
+        self.buffer_bytes = buffer_bytes
+        self.batch = batch  # documents hashed before their records go to the runs: at most a quarter of the buffer
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         hasher = MinhashHasher(self.config)
-        os.makedirs(f"{self.folder}/sigs", exist_ok=True)
+        bands = RunWriter(f"{self.folder}/bands", f"{rank:05d}", self.buffer_bytes, record_size=_BAND.itemsize)
+        batch = max(1, min(self.batch, self.buffer_bytes // (4 * self.config.bands * _BAND.itemsize)))
+        records = np.zeros((batch, self.config.bands), dtype=_BAND)
+        records["band"] = np.arange(self.config.bands)
         os.makedirs(f"{self.folder}/ids", exist_ok=True)
-        records = np.zeros(self.batch, dtype=_sig_dtype(self.config.bands))
-        sigs_path, ids_path = f"{self.folder}/sigs/{rank:05d}.bin", f"{self.folder}/ids/{rank:05d}.jsonl"
-        with open(sigs_path, "wb") as sigs, open(ids_path, "wb") as ids:
-            n = 0
+        n = 0
+        with open(f"{self.folder}/ids/{rank:05d}.bin", "wb") as ids:
             for doc in data:
                 with self.track_time():
                     shingles = hasher.shingles(doc.text)
                     if len(shingles):
-                        records[n] = (doc.metadata["key"], hasher.band_hashes(hasher.signature(shingles)))
-                        ids.write(orjson.dumps([doc.metadata["key"], doc.id]) + b"\n")
+                        records["value"][n] = hasher.band_hashes(hasher.signature(shingles))
+                        records["key"][n] = doc.metadata["key"]
+                        ids.write(framed(key_bytes(doc.metadata["key"]) + doc.id.encode()))
                         n += 1
                     else:
                         self.stat_update("no_shingles")
-                    if n == self.batch:
-                        records.tofile(sigs)
+                    if n == batch:
+                        self._spread(bands, records)
                         n = 0
                 yield doc
-            records[:n].tofile(sigs)
+            self._spread(bands, records[:n])
+        bands.close()
+        self.stat_update("sorted_runs", value=bands.runs)
 
-
-def load_signatures(folder: str, bands: int) -> np.ndarray:
-    files = sorted(glob.glob(f"{folder}/sigs/*.bin"))
-    arrays = [np.fromfile(f, dtype=_sig_dtype(bands)) for f in files]
-    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=_sig_dtype(bands))
+    def _spread(self, bands: RunWriter, records: np.ndarray) -> None:
+        """Bucket task `t` owns the bands `t, t + bucket_tasks, ...`."""
+        for task in range(self.bucket_tasks):
+            bands.add(task, records[:, task :: self.bucket_tasks].tobytes())
 
 
 class MinhashBuckets(PipelineStep):
-    """For the bands `rank, rank + world_size, ...`: an edge (first key, key) per document sharing a band hash."""
+    """Merges its bands' records; writes `(first key, key)` to `<folder>/pairs/` for every document whose band
+    hash a document of smaller key shares (the first key is that band hash's smallest)."""
 
     name = "🎯 MinHash buckets"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str, config: MinhashConfig = MinhashConfig()):
+    def __init__(self, folder: str, bucket_tasks: int = 4, buffer_bytes: int = 256 << 20):
         super().__init__()
         self.folder = folder
-        self.config = config
+        self.bucket_tasks = bucket_tasks
+        self.buffer_bytes = buffer_bytes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
-        sigs = load_signatures(self.folder, self.config.bands)
-        edges = [np.zeros((0, 2), dtype=np.int64)]
-        bands = range(rank, self.config.bands, world_size) if len(sigs) else ()  # no document, no edge
-        for band in bands:
-            with self.track_time():
-                order = np.lexsort((sigs["key"], sigs["bands"][:, band]))
-                values, keys = sigs["bands"][order, band], sigs["key"][order]
-                starts = np.r_[True, values[1:] != values[:-1]]
-                first_key = keys[starts][np.cumsum(starts) - 1]
-                edges.append(np.stack([first_key[~starts], keys[~starts]], axis=1))
-        edges = np.unique(np.concatenate(edges), axis=0)
-        self.stat_update("edges", value=len(edges))
-        os.makedirs(f"{self.folder}/edges", exist_ok=True)
-        np.save(f"{self.folder}/edges/{rank:05d}.npy", edges)
+        if world_size != self.bucket_tasks:
+            raise ValueError(f"{self.name}: run with {self.bucket_tasks} tasks (steps.minhash.bucket_tasks)")
+        pairs = RunWriter(f"{self.folder}/pairs", f"{rank:05d}", self.buffer_bytes // 2, _PAIR_SIZE, unique=True)
+        group = first = None
+        records = 0
+        with self.track_time():
+            for records, record in enumerate(
+                    merge_sorted(partition_files(f"{self.folder}/bands", rank), _BAND.itemsize, self.buffer_bytes), 1):
+                if record[:_GROUP_BYTES] != group:
+                    group, first = record[:_GROUP_BYTES], record[_GROUP_BYTES:]
+                else:
+                    pairs.add(0, first + record[_GROUP_BYTES:])
+            pairs.close()
+        self.stat_update("band_records", value=records)
+        self.stat_update("sorted_runs", value=pairs.runs)
 
 
 class MinhashCluster(PipelineStep):
-    """Connected components of all edges; writes `{key: kept id}` for every non-smallest member."""
+    """Clusters of the pairs by union-find; writes `(key, kept id)` to `<folder>/removals/<final task>/` for
+    every member but its cluster's smallest key.
+
+    Like datatrove's `MinhashDedupCluster` it is one task holding the union-find of every document that
+    has a near-duplicate, here 16 bytes each (numpy keys and parents); the rest streams through sorted
+    files within `buffer_bytes`.
+    """
 
     name = "🎯 MinHash clusters"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, tasks: int, buffer_bytes: int = 256 << 20):
+        """`tasks`: of the final stage, which reads the removals."""
         super().__init__()
         self.folder = folder
+        self.tasks = tasks
+        self.buffer_bytes = buffer_bytes
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> None:
         if world_size != 1:
             raise ValueError("MinhashCluster is a global step: run it with tasks=1")
         with self.track_time():
-            self._cluster()
+            nodes = self._nodes()
+            roots = self._roots(nodes)
+            members = np.flatnonzero(roots != np.arange(len(nodes)))
+            self._write_removals(nodes, roots, members)
+        self.stat_update("clusters", value=len(np.unique(roots[members])))
+        self.stat_update("near_duplicates", value=len(members))
 
-    def _cluster(self) -> None:
-        from scipy.sparse import coo_matrix
-        from scipy.sparse.csgraph import connected_components
+    def _pairs(self):
+        """Every pair once, however many band groups found it."""
+        return merge_sorted(partition_files(f"{self.folder}/pairs", 0), _PAIR_SIZE, self.buffer_bytes, unique=True)
 
-        edges = np.concatenate([np.load(f) for f in sorted(glob.glob(f"{self.folder}/edges/*.npy"))]).reshape(-1, 2)
-        nodes = np.unique(edges)
-        i, j = np.searchsorted(nodes, edges[:, 0]), np.searchsorted(nodes, edges[:, 1])
-        graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (i, j)), shape=(len(nodes), len(nodes)))
-        n_clusters, labels = connected_components(graph, directed=False)
-        root = np.full(n_clusters, np.iinfo(np.int64).max, dtype=np.int64)
-        np.minimum.at(root, labels, nodes)
-        duplicate_of = dict(zip(nodes.tolist(), root[labels].tolist()))
-        duplicate_of = {k: r for k, r in duplicate_of.items() if k != r}
-        roots = set(duplicate_of.values())
-        ids = {}
-        for path in sorted(glob.glob(f"{self.folder}/ids/*.jsonl")):
-            with open(path, "rb") as f:
-                ids.update((k, i) for k, i in map(orjson.loads, f) if k in roots)
-        self.stat_update("clusters", value=n_clusters)
-        self.stat_update("near_duplicates", value=len(duplicate_of))
-        with open(f"{self.folder}/duplicates.json", "wb") as f:
-            f.write(orjson.dumps({str(k): ids[r] for k, r in duplicate_of.items()}))
+    def _nodes(self) -> np.ndarray:
+        """The sorted keys of the documents in any pair."""
+        ends = RunWriter(f"{self.folder}/nodes", "00000", self.buffer_bytes // 2, record_size=8, unique=True)
+        for chunk in batched(self._pairs(), _CHUNK):
+            ends.add(0, b"".join(chunk))
+        ends.close()
+        files = partition_files(f"{self.folder}/nodes", 0)
+        return np.fromfile(files[0], dtype=">u8").astype(np.uint64) if files else np.zeros(0, dtype=np.uint64)
 
+    def _roots(self, nodes: np.ndarray) -> np.ndarray:
+        """For each node (an index into `nodes`), the smallest node of its cluster."""
+        parent = array("q", range(len(nodes)))  # union by the smaller index: a root is its cluster's minimum
+        for chunk in batched(self._pairs(), _CHUNK):
+            ends = np.searchsorted(nodes, np.frombuffer(b"".join(chunk), dtype=">u8").astype(np.uint64))
+            for a, b in ends.reshape(-1, 2).tolist():
+                a, b = _find(parent, a), _find(parent, b)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+        roots = np.frombuffer(parent, dtype=np.int64)
+        while not np.array_equal(up := roots[roots], roots):  # pointer jumping to each cluster's root
+            roots = up
+        return roots
+
+    def _write_removals(self, nodes: np.ndarray, roots: np.ndarray, members: np.ndarray) -> None:
+        by_root = RunWriter(f"{self.folder}/members", "00000", self.buffer_bytes // 2, record_size=_PAIR_SIZE)
+        for start in range(0, len(members), _CHUNK):
+            chunk = members[start : start + _CHUNK]
+            by_root.add(0, np.stack([nodes[roots[chunk]], nodes[chunk]], axis=1).astype(">u8").tobytes())
+        by_root.close()
+        ids = merge_sorted(sorted(glob.glob(f"{self.folder}/ids/*.bin")), None, self.buffer_bytes // 4)
+        removals = RunWriter(f"{self.folder}/removals", "00000", self.buffer_bytes // 4)
+        id_record = b"\0" * 8
+        for pair in merge_sorted(partition_files(f"{self.folder}/members", 0), _PAIR_SIZE, self.buffer_bytes // 4):
+            root = key_of(pair)
+            while key_of(id_record) < root:
+                id_record = next(ids, None)
+                if id_record is None:
+                    break
+            if id_record is None or key_of(id_record) != root:
+                raise ValueError(f"{self.folder}/ids: no id for document key {root}")
+            removals.add(task_of_key(key_of(pair[8:]), self.tasks), pair[8:] + id_record[8:])
+        removals.close()
+
+
+def _find(parent: array, x: int) -> int:
+    """The root of `x`, halving the path on the way."""
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x

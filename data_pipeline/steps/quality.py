@@ -2,8 +2,11 @@
 
 datatrove builds each filter for one language; documents here carry their own `metadata["language"]`,
 so `RuleFilter` keeps one datatrove filter per language (shared parameters plus per-language
-overrides) and hands each a `FastWordTokenizer` instead of spaCy.
+overrides) and hands each a `FastWordTokenizer` instead of spaCy. The C4 filter also edits the text
+it keeps (it drops lines); `RuleFilter` counts the characters each of its rules removed.
 """
+
+from collections import Counter
 
 from datatrove.data import Document
 from datatrove.pipeline.filters import (
@@ -13,13 +16,48 @@ from datatrove.pipeline.filters import (
     GopherRepetitionFilter,
 )
 from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.c4_filters import CITATION_REGEX
 
 from data_pipeline.text import FastWordTokenizer
+
+
+class C4LineFilter(C4QualityFilter):
+    """datatrove's C4 filter, noting each line's outcome (the `line-*` stat it counts for it) to tell
+    which rule removed which characters."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.outcomes: list[str] = []
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        self.outcomes = []
+        return super().filter(doc)
+
+    def stat_update(self, *labels: str, value: int = 1, unit: str = None) -> None:
+        super().stat_update(*labels, value=value, unit=unit)
+        self.outcomes += [label.removeprefix("line-filter-") for label in labels if label.startswith("line-")
+                          and label != "line-total"]
+
+    def removed_chars(self, before: str, after: str) -> Counter:
+        """Characters of `before` that the last `filter` call removed, by rule: the dropped lines' under
+        their rule's name, `citations`, and `whitespace` (line ends, blank lines, stripped spaces)."""
+        if not self.split_paragraph:  # outcomes are per sentence, which do not add up to the text
+            return Counter(sentence_rules=len(before) - len(after))
+        removed = Counter()
+        for line, outcome in zip(before.splitlines(), self.outcomes, strict=True):
+            if outcome == "line-kept":
+                if self.remove_citations:
+                    removed["citations"] += len(line.strip()) - len(CITATION_REGEX.sub("", line.strip()))
+            else:
+                removed[outcome] += len(line)
+        removed["whitespace"] = len(before) - len(after) - sum(removed.values())
+        return removed
+
 
 FILTERS = {
     "gopher_quality": GopherQualityFilter,
     "gopher_repetition": GopherRepetitionFilter,
-    "c4": C4QualityFilter,
+    "c4": C4LineFilter,
     "fineweb": FineWebQualityFilter,
 }
 
@@ -48,7 +86,12 @@ class RuleFilter(BaseFilter):
         return self._filters[language]
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
-        result = self._filter_for(doc.metadata.get("language", "en")).filter(doc)
+        text, rule_filter = doc.text, self._filter_for(doc.metadata.get("language", "en"))
+        result = rule_filter.filter(doc)
+        if result is True and doc.text != text:  # only the C4 filter edits text
+            for reason, chars in rule_filter.removed_chars(text, doc.text).items():
+                if chars:
+                    self.stat_update(f"removed_chars_{reason}", value=chars)
         if result is True or result is False:
             return result or (False, self.kind)
         reason = result[1]

@@ -10,9 +10,8 @@ import orjson
 import zstandard
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from tqdm import tqdm
 
-from data_pipeline.records import ErrorWriter, make_key
+from data_pipeline.records import ErrorWriter, make_key, task_of_file
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".json.zst")
 WARC_SUFFIXES = (".warc", ".warc.gz")
@@ -88,23 +87,20 @@ class InputReader(PipelineStep):
     name = "📖 Input"
     type = "📖 - READER"
 
-    def __init__(self, paths: list[str], output_dir: str, max_doc_bytes: int = 1 << 20, progress: bool = True):
+    def __init__(self, paths: list[str], output_dir: str, max_doc_bytes: int = 1 << 20):
         super().__init__()
         self.paths = paths
         self.output_dir = output_dir
         self.max_doc_bytes = max_doc_bytes
-        self.progress = progress
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         files = list_input_files(self.paths)
         errors = ErrorWriter(self.output_dir, rank)
         try:
-            with tqdm(desc=f"read (task {rank})", unit=" docs", disable=not self.progress, leave=False) as bar:
-                for index in range(rank, len(files), world_size):
-                    read = self._read_warc if files[index].endswith(WARC_SUFFIXES) else self._read_jsonl
-                    for doc in read(files[index], index, errors):
-                        bar.update()
-                        yield doc
+            for index, path in enumerate(files):
+                if task_of_file(index, world_size) == rank:
+                    read = self._read_warc if path.endswith(WARC_SUFFIXES) else self._read_jsonl
+                    yield from read(path, index, errors)
         finally:
             errors.close()
 

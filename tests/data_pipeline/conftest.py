@@ -9,6 +9,8 @@ from data_pipeline.config import load_config
 from data_pipeline.pipeline import run_pipeline
 from dp_planted import BLOCKED_DOMAIN, LINE_MAX_COUNT, MAX_DOC_BYTES, build_planted
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def planted_config(root: Path, out: Path) -> Path:
     config = {
@@ -54,3 +56,11 @@ def planted_run_one_task(planted) -> Path:
     return run_planted(root, "out1", ["tasks=1"])
 
 
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> tuple[Path, dict]:
+    """The README's main command: the embedded sample corpus through configs/data/sample.yaml, local executor."""
+    out = tmp_path_factory.mktemp("sample")
+    config = load_config(str(REPO / "configs/data/sample.yaml"),
+                         [f"output_dir={out}", f"input.paths=[{REPO}/data_pipeline/sample/corpus]", "workers=1",
+                          "progress=false"])
+    return out, run_pipeline(config)

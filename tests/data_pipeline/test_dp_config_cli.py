@@ -48,3 +48,29 @@ def test_train_tokenizer_command_gives_a_lossless_bpe_tokenizer(tmp_path, capsys
     ids = tokenizer.encode_batch([text])[0]
     assert tokenizer.decode(ids) == text
     assert tokenizer.eod not in ids
+
+
+def test_console_shows_a_bar_per_stage_and_the_table_and_datatrove_logs_only_when_verbose(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"id": f"d{i}", "text": f"document {i}"}) + "\n"
+                                               for i in range(6)))
+    off = {"enabled": False}
+    config = {"input": {"paths": [str(tmp_path / "in.jsonl")]}, "output_dir": str(tmp_path / "out"),
+              "steps": {"url_filter": off, "language": off, "minhash": off, "tokenize": off,
+                        "quality": {rule: off for rule in ("gopher_quality", "gopher_repetition", "c4", "fineweb")}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "data_pipeline.cli", "run", str(tmp_path / "c.yaml")]
+    runs = ["ingest", "dedup_index/exact", "dedup_index/lines", "filter", "final"]
+    quiet = subprocess.run(command, capture_output=True, text=True, check=True)
+    bars = quiet.stderr.splitlines()
+    assert [line.split()[0] for line in bars] == runs and all("2/2 tasks" in line for line in bars)
+    table = [line.split("│")[1].strip() for line in quiet.stdout.splitlines() if line.startswith("│")]
+    assert [stage for stage in table if stage] == ["ingest", "dedup_index", "filter", "final"]
+    assert quiet.stdout.splitlines()[-1].startswith("6 input lines → 6 kept, 0 rejected, 0 errors")
+    verbose = subprocess.run(command + [f"output_dir={tmp_path}/verbose", "--verbose"], capture_output=True,
+                             text=True, check=True)
+    assert verbose.stderr.count("Stats: {") > len(runs) * 2  # every step's stats of every task
+    assert "Stats: {" not in quiet.stderr + quiet.stdout

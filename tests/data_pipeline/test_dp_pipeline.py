@@ -124,3 +124,32 @@ def test_a_run_that_keeps_nothing_still_accounts_for_every_line(tmp_path):
     assert (totals["input_lines"], totals["kept"], totals["rejected"], totals["errors"]) == (2, 0, 1, 1)
     assert not (tmp_path / "out" / "tokens").exists() and not (tmp_path / "out" / "tokenizer.model").exists()
     assert outputs(tmp_path / "out")["kept_list"] == []
+
+
+def test_manifest_reports_the_characters_each_editing_stage_removed(o):
+    m = o["manifest"]
+    line_dedup = next(step for step in m["stages"]["filter"] if step["step"].endswith("Line dedup"))
+    footers = 3 * len("\n" + FOOTER)  # and the lines spam-repeat repeats past 3 times, before it is dropped
+    assert line_dedup["removed_chars"]["repeated_edge_lines"] > footers
+    extract = next(step for step in m["stages"]["ingest"] if step["step"].endswith("HTML extraction"))
+    assert extract["removed_chars"]["markup_and_boilerplate"] > 0
+    per_stage = sum(sum(summary["removed_chars"].values()) for summary in m["summary"].values())
+    assert m["totals"]["removed_chars"] == per_stage
+
+
+def test_line_dedup_removes_the_listed_lines_and_counts_their_characters(tmp_path):
+    from datatrove.data import Document
+
+    from data_pipeline.sorted_runs import RunWriter, key_bytes
+    from data_pipeline.steps.line_dedup import LineDedup
+
+    marks = RunWriter(str(tmp_path), "00000", 1 << 20, record_size=12)
+    for key, line in ((1, 0), (1, 2), (2, 0)):
+        marks.add(0, key_bytes(key) + line.to_bytes(4, "big"))
+    marks.close()
+    docs = [Document(text="head\nbody\nfoot", id="a", metadata={"key": 1}),
+            Document(text="only", id="b", metadata={"key": 2}), Document(text="x", id="c", metadata={"key": 3})]
+    step = LineDedup(str(tmp_path))
+    assert [(d.id, d.text) for d in step.run(iter(docs), rank=0)] == [("a", "body"), ("c", "x")]
+    assert step.stats["removed_chars_repeated_edge_lines"].total == len("head\n\nfoot")
+    assert step.stats["dropped_line_dedup_empty"].total == 1

@@ -23,7 +23,7 @@ EXPECTED_REASONS = {  # MALFORMED_LINES key → start of the reported reason
 
 
 def read_all(paths, out, max_doc_bytes=20000):
-    reader = InputReader([str(p) for p in paths], str(out), max_doc_bytes=max_doc_bytes, progress=False)
+    reader = InputReader([str(p) for p in paths], str(out), max_doc_bytes=max_doc_bytes)
     docs = list(reader.run(rank=0, world_size=1))
     errors = [orjson.loads(line) for line in (out / "errors" / "00000.jsonl").read_bytes().splitlines()]
     return docs, errors

@@ -5,16 +5,11 @@ from pathlib import Path
 
 import zstandard
 
-from data_pipeline.config import load_config
-from data_pipeline.pipeline import run_pipeline
-
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_sample_config_runs_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.chdir(REPO)
-    config = load_config("configs/data/sample.yaml", [f"output_dir={tmp_path}", "workers=1", "progress=false"])
-    manifest = run_pipeline(config)
+def test_sample_config_runs_end_to_end(sample_run):
+    tmp_path, manifest = sample_run
     corpus = REPO / "data_pipeline/sample/corpus"
     lines = len(gzip.decompress((corpus / "web-00.jsonl.gz").read_bytes()).splitlines())
     zst = (corpus / "web-01.jsonl.zst").read_bytes()
