@@ -126,7 +126,8 @@ class _StaticBatch:
     def _step(self, slot: int) -> torch.Tensor | None:
         """Forward of every row's token at ``slot`` through the cache."""
         rows = len(self.requests)
-        logits = self.stages.forward(self.tokens[:, slot : slot + 1], self._positions(slot, slot + 1, rows), self.context)
+        tokens = self.tokens[:, slot : slot + 1]
+        logits = self.stages.forward(tokens, self._positions(slot, slot + 1, rows), self.context)
         self.context.increment_sequence_len_offset(1)
         return logits
 

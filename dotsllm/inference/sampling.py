@@ -77,7 +77,7 @@ class TokenSampler:
         ]
 
     def __call__(self, logits: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens and their log-probs for ``rows`` (indices into the batch) from their ``logits`` ``[len(rows), vocab]``.
+        """Tokens and their log-probs for ``rows`` (batch indices), from their ``logits`` ``[len(rows), vocab]``.
 
         The log-prob is ``log_softmax(logits / T)`` of the chosen token, before top-k/top-p filtering
         (T = 1 for greedy rows): what a training forward of the same tokens gives at that temperature.

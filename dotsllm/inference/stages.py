@@ -93,7 +93,9 @@ class ModelStages:
                 torch.distributed.send(output.contiguous(), dst=self.next_rank, group=self.group)
         return output[:, -1] if self.is_last else None
 
-    def broadcast_from_last(self, tensor: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+    def broadcast_from_last(
+        self, tensor: torch.Tensor | None, shape: Sequence[int], dtype: torch.dtype
+    ) -> torch.Tensor:
         """``tensor`` of the last stage on every stage of this pipeline (``shape``/``dtype`` elsewhere)."""
         if self.pp_size == 1:
             return tensor
