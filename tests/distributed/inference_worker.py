@@ -4,8 +4,9 @@ Commands:
   layouts WORKDIR LAYOUT...  for each layout (e.g. ``tp2-etp2``, ``ep2``, ``pp2-vpp2``): load
                              WORKDIR/ckpt into it with ``load_checkpoint_model``, generate the requests
                              of WORKDIR/requests.json split over the data-parallel ranks, then the first
-                             request alone (so a data-parallel rank has none); each rank writes what it
-                             got, and whether the model's settings came back, to LAYOUT.rankN.json
+                             request alone (so a data-parallel rank has none), and the perplexity of
+                             WINDOWS; each rank writes what it got, and whether the model's settings
+                             came back, to LAYOUT.rankN.json
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from worker import parse_layout, setup
 
 from dotsllm.convert.checkpoint_io import load_checkpoint_model
+from dotsllm.evaluation import perplexity
 from dotsllm.inference import GenerationRequest, SamplingParams, generate_data_parallel
 from dotsllm.inference.stages import SEQUENCE_PARALLEL_ATTRS
+
+
+def windows() -> list[np.ndarray]:
+    """Token windows for perplexity: more than one step of micro-batches, lengths odd and even."""
+    rng = np.random.default_rng(0)
+    return [rng.integers(1, 8192, n) for n in (33, 33, 20, 33, 9, 33, 14)]
 
 
 def write_requests(path: Path, requests: list[GenerationRequest]) -> None:
@@ -45,6 +54,7 @@ def layouts(workdir: str, *names: str) -> None:
         found = {
             "all": _results(generate_data_parallel(chunks, requests)),
             "first_alone": _results(generate_data_parallel(chunks, requests[:1])),
+            "perplexity": perplexity(chunks, windows(), batch_size=2).as_dict(),
             "sequence_parallel": chunks[0].config.sequence_parallel,
             "settings_restored": _settings(chunks) == before,
         }

@@ -1,8 +1,8 @@
-"""Generation in parallel layouts gives the single process's tokens and log-probs (fp32, gloo).
+"""Generation and perplexity in parallel layouts give the single process's results (fp32, gloo).
 
 This process saves dots1-tiny as a checkpoint and generates greedy and sampled requests from it; two
 processes load that checkpoint into each layout (``load_checkpoint_model``) and generate the same
-requests, split over their data-parallel ranks (``inference_worker.py``).
+requests, split over their data-parallel ranks, and evaluate perplexity (``inference_worker.py``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from dist_launch import run_workers
-from inference_worker import write_requests
+from inference_worker import windows, write_requests
 
 WORKER = Path(__file__).with_name("inference_worker.py")
 LAYOUTS = ["tp2-etp2", "tp2-ep2", "ep2", "pp2", "pp2-vpp2"]
@@ -42,6 +42,7 @@ def requests(stop: int | None = None):
 @pytest.fixture(scope="module")
 def results(megatron_world, tmp_path_factory):
     from dotsllm.convert.checkpoint_io import load_checkpoint_model
+    from dotsllm.evaluation import perplexity
     from dotsllm.inference import generate
     from dotsllm.model import Dots1ModelConfig
     from dotsllm.model.builder import build_model
@@ -54,10 +55,11 @@ def results(megatron_world, tmp_path_factory):
     chunks, _ = load_checkpoint_model(workdir / "ckpt")
     stop = generate(chunks, requests())[-1].tokens[2]  # the last request then stops at its third token
     reference = [dataclasses.asdict(r) for r in generate(chunks, requests(stop))]
+    reference_perplexity = perplexity(chunks, windows(), batch_size=2).as_dict()
     write_requests(workdir / "requests.json", requests(stop))
     run_workers(2, "layouts", workdir, *LAYOUTS, worker=WORKER, timeout_s=240)
     ranks = {name: [json.loads((workdir / f"{name}.rank{r}.json").read_text()) for r in range(2)] for name in LAYOUTS}
-    return reference, ranks
+    return reference, reference_perplexity, ranks
 
 
 def assert_same_generations(found: list[dict], expected: list[dict]) -> None:
@@ -68,16 +70,19 @@ def assert_same_generations(found: list[dict], expected: list[dict]) -> None:
 
 
 def test_reference_generations_are_not_trivial(results):
-    reference, _ = results
+    reference, reference_perplexity, _ = results
+    assert reference_perplexity["tokens"] == sum(len(w) - 1 for w in windows())
     assert [len(r["tokens"]) for r in reference[:5]] == [8, 6, 6, 3, 5]
     assert reference[-1]["finish_reason"] == "stop" and len(reference[-1]["tokens"]) <= 3
     assert reference[1]["tokens"] != reference[2]["tokens"]  # two samples of one prompt
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_layout_generates_the_single_process_tokens(results, layout):
-    reference, ranks = results
+def test_layout_gives_the_single_process_generations_and_perplexity(results, layout):
+    reference, reference_perplexity, ranks = results
     for rank in ranks[layout]:  # every rank gets every result
+        assert rank["perplexity"]["tokens"] == reference_perplexity["tokens"]
+        assert rank["perplexity"]["mean_loss"] == pytest.approx(reference_perplexity["mean_loss"], rel=1e-6)
         assert_same_generations(rank["all"], reference)
         assert_same_generations(rank["first_alone"], reference[:1])
         assert rank["settings_restored"]  # training mode, and sequence parallelism where TP > 1
