@@ -100,15 +100,26 @@ def test_log_probs_equal_a_teacher_forced_forward(model, prompts):
         torch.testing.assert_close(torch.tensor(result.log_probs), expected, rtol=0, atol=1e-5)
 
 
-def test_prefill_once_and_copy_equals_prefill_each(model, prompts):
+def test_prefill_once_and_copy_equals_prefill_each(model, prompts, monkeypatch):
     """G samples of each prompt, prefilled once per prompt or once per row."""
+    from dotsllm.inference.stages import ModelStages
+
     requests = [
         GenerationRequest(p, SamplingParams(temperature=1.0, max_new_tokens=5), seed=10 * i + g)
         for i, p in enumerate(prompts[:3])
         for g in range(3)
     ]
+    shapes, forward = [], ModelStages.forward
+
+    def recording_forward(self, tokens, *args):
+        shapes.append(tuple(tokens.shape))
+        return forward(self, tokens, *args)
+
+    monkeypatch.setattr(ModelStages, "forward", recording_forward)
     shared = generate(model, requests, share_prompt_prefill=True)
     each = generate(model, requests, share_prompt_prefill=False)
+    prefill = min(PROMPT_LENGTHS[:3])
+    assert [s for s in shapes if s[1] > 1] == [(3, prefill), (9, prefill)]  # the prefills
     assert [r.tokens for r in shared] == [r.tokens for r in each]
     for a, b in zip(shared, each):
         assert a.log_probs == pytest.approx(b.log_probs, abs=1e-5)

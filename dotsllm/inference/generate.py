@@ -91,10 +91,13 @@ class _StaticBatch:
         self.generated: list[list[int]] = [[] for _ in requests]
         self.log_probs: list[list[float]] = [[] for _ in requests]
         self.finished: list[str | None] = [None] * len(requests)
-        distinct = {r.prompt: row for row, r in reversed(list(enumerate(requests)))}  # first row of each
-        self.prefill_rows = sorted(distinct.values()) if share_prompt_prefill else list(range(len(requests)))
-        prefill_index = {row: i for i, row in enumerate(self.prefill_rows)}
-        self.copy_rows = torch.tensor([prefill_index[distinct[r.prompt]] for r in requests], device=device)
+        self.prefill_rows = list(range(len(requests)))  # rows the prefill runs on
+        self.copy_rows = None  # for each row, the prefill row whose cache it takes
+        if share_prompt_prefill:
+            first_row = {r.prompt: row for row, r in reversed(list(enumerate(requests)))}
+            self.prefill_rows = sorted(first_row.values())
+            index = {row: i for i, row in enumerate(self.prefill_rows)}
+            self.copy_rows = torch.tensor([index[first_row[r.prompt]] for r in requests], device=device)
 
     def run(self) -> list[GenerationResult]:
         slot = min(self.lengths, default=0)  # the slot whose token the next forward predicts
@@ -117,7 +120,7 @@ class _StaticBatch:
         """Forward of the prompts' first ``length`` tokens (each distinct prompt once when shared)."""
         rows = self.prefill_rows
         logits = self.stages.forward(self.tokens[rows, :length], self._positions(0, length, len(rows)), self.context)
-        if len(rows) < len(self.requests):
+        if self.copy_rows is not None and len(rows) < len(self.requests):
             self.context.swap_key_value_dict(self.copy_rows)  # each row's cache from its prompt's prefill
             logits = logits[self.copy_rows] if logits is not None else None
         self.context.increment_sequence_len_offset(length)

@@ -71,6 +71,7 @@ class TokenSampler:
         self.temperature = torch.tensor([p.temperature or 1.0 for p in self.params], device=device)
         self.top_k = torch.tensor([p.top_k for p in self.params], device=device)
         self.top_p = torch.tensor([p.top_p for p in self.params], device=device)
+        self.filtered = [p.top_k > 0 or p.top_p < 1 for p in self.params]
         self.generators = [
             None if p.greedy else torch.Generator(device=device).manual_seed(int(seed))
             for p, seed in zip(self.params, seeds, strict=True)
@@ -85,14 +86,15 @@ class TokenSampler:
         scaled = logits.float() / self.temperature[rows, None]
         log_probs = torch.log_softmax(scaled, dim=-1)
         tokens = scaled.argmax(dim=-1)
-        drawn = [i for i, row in enumerate(rows.tolist()) if self.generators[row] is not None]
+        row_ids = rows.tolist()
+        drawn = [i for i, row in enumerate(row_ids) if self.generators[row] is not None]
         if drawn:
             index = torch.tensor(drawn, device=logits.device)
-            probs = torch.softmax(
-                filter_top_k_top_p(scaled[index], self.top_k[rows[index]], self.top_p[rows[index]]), dim=-1
-            )
+            candidates = scaled[index]
+            if any(self.filtered[row_ids[i]] for i in drawn):
+                candidates = filter_top_k_top_p(candidates, self.top_k[rows[index]], self.top_p[rows[index]])
+            probs = torch.softmax(candidates, dim=-1)
             # One generator per request: torch has no batched draw from several generators.
             for i, row_probs in zip(drawn, probs):
-                generator = self.generators[int(rows[i])]
-                tokens[i] = torch.multinomial(row_probs, 1, generator=generator)[0]
+                tokens[i] = torch.multinomial(row_probs, 1, generator=self.generators[row_ids[i]])[0]
         return tokens, log_probs.gather(-1, tokens[:, None])[:, 0]
