@@ -127,10 +127,8 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
     parallel = _current_layout()
     dtype = dtype or checkpoint_dtype(ckpt_dir)
     vpp = parallel.vpp or 1
-    # megatron's layer offsets and counts per chunk need the virtual stage count in the config too
-    overrides = {**NO_INIT, "virtual_pipeline_model_parallel_size": parallel.vpp}
     chunks = [
-        build_model(cfg, parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=overrides)
+        build_model(cfg, parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=NO_INIT)
         for vp in range(vpp)
     ]
     state = {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}

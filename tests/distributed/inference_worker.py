@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from worker import parse_layout, setup
+from worker import parse_layout
 
 from dotsllm.convert.checkpoint_io import load_checkpoint_model
 from dotsllm.evaluation import perplexity
 from dotsllm.inference import GenerationRequest, SamplingParams, generate_data_parallel
 from dotsllm.inference.stages import SEQUENCE_PARALLEL_ATTRS
+from dotsllm.parallel.setup import init_distributed
 
 
 def windows() -> list[np.ndarray]:
@@ -46,7 +47,7 @@ def layouts(workdir: str, *names: str) -> None:
     workdir = Path(workdir)
     requests = read_requests(workdir / "requests.json")
     for name in names:
-        setup(parse_layout(name))
+        _use_layout(name)
         chunks, _ = load_checkpoint_model(workdir / "ckpt")
         for chunk in chunks:
             chunk.train()  # as GRPO leaves it between updates
@@ -59,6 +60,15 @@ def layouts(workdir: str, *names: str) -> None:
             "settings_restored": _settings(chunks) == before,
         }
         (workdir / f"{name}.rank{torch.distributed.get_rank()}.json").write_text(json.dumps(found, indent=1))
+
+
+def _use_layout(name: str) -> None:
+    """(Re)build megatron's process groups for the layout ``name`` on this torch.distributed world."""
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    init_distributed(parse_layout(name)[0])
 
 
 def _settings(chunks) -> list:
