@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 # Before megatron: the CPU layer for megatron-core breaks importing transformers.generation afterwards.
 from transformers import Dots1Config, Dots1ForCausalLM
 
-from distributed.dist_launch import free_port
+from distributed.dist_launch import REPO, free_port
 from dotsllm import cli
 from pretrain_runs import TINY_CONFIG, run, train_records
 from shards import write_shard
