@@ -47,11 +47,13 @@ def results(megatron_world, tmp_path_factory):
     from dotsllm.model import Dots1ModelConfig
     from dotsllm.model.builder import build_model
     from dotsllm.training.checkpoint import write_checkpoint
+    from dotsllm.training.checkpoint_state import CheckpointMeta
 
     workdir = tmp_path_factory.mktemp("generation")
     cfg = Dots1ModelConfig.from_preset("dots1-tiny")
     model = build_model(cfg, backend="local")
-    write_checkpoint(workdir / "ckpt", {"model": model.sharded_state_dict()}, {"model": dataclasses.asdict(cfg)})
+    meta = CheckpointMeta(kind="imported", step=0, tokens_seen=0, model=dataclasses.asdict(cfg), trainer="import")
+    write_checkpoint(workdir / "ckpt", {"model": model.sharded_state_dict()}, meta.as_dict())
     chunks, _ = load_checkpoint_model(workdir / "ckpt")
     stop = generate(chunks, requests())[-1].tokens[2]  # the last request then stops at its third token
     reference = [dataclasses.asdict(r) for r in generate(chunks, requests(stop))]
