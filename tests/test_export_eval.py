@@ -4,7 +4,10 @@ perplexity and exact match checked against transformers."""
 
 import json
 import math
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from safetensors.torch import load_file
 # Before megatron: the CPU layer for megatron-core breaks importing transformers.generation afterwards.
 from transformers import Dots1Config, Dots1ForCausalLM
 
+from distributed.dist_launch import REPO, free_port
 from dotsllm import cli
 from pretrain_runs import TINY_CONFIG, run, train_records
 from shards import write_shard
@@ -53,7 +57,7 @@ def exported(trained, megatron_world):
 
     _, ckpt, out = trained
     assert cli.main(["export-hf", str(ckpt), str(out), "--max-shard-size", "1MB"]) == 0
-    model, cfg = load_checkpoint_model(ckpt)
+    (model,), cfg = load_checkpoint_model(ckpt)
     hf = Dots1ForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
     return model, cfg, hf
 
@@ -65,7 +69,7 @@ def megatron_logits(model, tokens):
 
 
 def test_export_of_expert_parallel_run_matches_transformers(trained, exported):
-    from dotsllm.evaluation import greedy_generate
+    from dotsllm.inference import GenerationRequest, SamplingParams, generate
 
     _, _, out = trained
     model, cfg, hf = exported
@@ -77,8 +81,10 @@ def test_export_of_expert_parallel_run_matches_transformers(trained, exported):
     assert diff < 1e-4, diff
 
     expected = hf.generate(BATCH, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)[:, 20:]
-    assert torch.equal(greedy_generate(model, BATCH, 12), expected)  # KV cache
-    assert torch.equal(greedy_generate(model, BATCH, 12, use_cache=False), expected)  # full recompute
+    greedy = SamplingParams(temperature=0, max_new_tokens=12)
+    assert [r.tokens for r in generate(model, [GenerationRequest(row, greedy) for row in BATCH.tolist()])] == (
+        expected.tolist()
+    )  # KV cache
 
 
 def test_import_round_trips_the_checkpoint_bit_for_bit(trained, exported, tmp_path):
@@ -148,12 +154,16 @@ def test_pretraining_starts_from_an_imported_transformers_model(megatron_world, 
     assert records[1]["loss"] == pytest.approx(hf_loss.item(), abs=1e-5)
 
 
-def test_perplexity_equals_transformers_mean_token_loss(trained, exported, tmp_path):
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    return write_shard(tmp_path_factory.mktemp("heldout") / "heldout", 6, VOCAB, EOD, seed=7)
+
+
+def test_perplexity_equals_transformers_mean_token_loss(trained, exported, heldout, tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     _, ckpt, _ = trained
     _, _, hf = exported
-    heldout = write_shard(tmp_path / "heldout", 6, VOCAB, EOD, seed=7)
     docs = IndexedDataset(heldout)  # kept alive: its documents are views of its memory map
     stream = torch.from_numpy(np.concatenate([doc.astype(np.int64) for doc in docs]))
     seq = 64
@@ -189,11 +199,14 @@ def test_perplexity_equals_transformers_mean_token_loss(trained, exported, tmp_p
     assert evaluate("--max-samples", "2")["tokens"] == 2 * seq
 
 
-def test_exact_match_scores_own_greedy_continuations(trained, exported, tmp_path):
+@pytest.fixture(scope="module")
+def own_task(exported, tmp_path_factory):
+    """A task of the model's own greedy continuations (as transformers generates them), every third one
+    made wrong: (task file, tokenizer.json, which samples are correct)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    _, ckpt, _ = trained
     _, _, hf = exported
+    tmp_path = tmp_path_factory.mktemp("own_task")
     words = {"<|endoftext|>": EOD, **{f"w{i}": i for i in range(1, VOCAB)}}
     tokenizer = Tokenizer(models.WordLevel(words, unk_token="<|endoftext|>"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -209,13 +222,43 @@ def test_exact_match_scores_own_greedy_continuations(trained, exported, tmp_path
         expected.append(i % 3 != 2)
         lines.append(json.dumps({"prompt": " ".join(f"w{t}" for t in prompt[0].tolist()), "answer": " ".join(answer)}))
     (tmp_path / "own.jsonl").write_text("\n".join(lines) + "\n")
+    return tmp_path / "own.jsonl", tmp_path / "tokenizer.json", expected
 
+
+def test_exact_match_scores_own_greedy_continuations(trained, own_task, tmp_path):
+    _, ckpt, _ = trained
+    task, tokenizer, expected = own_task
     out = tmp_path / "gen.json"
-    args = ["eval", str(ckpt), "--tasks", str(tmp_path / "own.jsonl"), "--tokenizer", str(tmp_path / "tokenizer.json")]
+    args = ["eval", str(ckpt), "--tasks", str(task), "--tokenizer", str(tokenizer)]
     assert cli.main([*args, "--batch-size", "2", "--output", str(out)]) == 0
     result = json.loads(out.read_text())["tasks"]["own"]
     assert (result["correct"], result["samples"], result["exact_match"]) == (4, 6, 4 / 6)
     assert [p["correct"] for p in result["predictions"]] == expected
+
+
+def test_eval_under_torchrun_with_expert_parallelism_matches_one_process(trained, heldout, own_task, tmp_path):
+    """`dotsllm eval --ep 2` on two processes (data-parallel ranks sharing windows and prompts)."""
+    _, ckpt, _ = trained
+    task, tokenizer, _ = own_task
+    args = [
+        "eval", str(ckpt), "--tasks", "perplexity", str(task), "--tokenizer", str(tokenizer), "--data", heldout,
+        "--seq-len", "48", "--batch-size", "2",
+    ]  # fmt: skip
+    assert cli.main([*args, "--output", str(tmp_path / "one.json")]) == 0
+    torchrun = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}", "-m", "dotsllm.cli",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*torchrun, *args, "--ep", "2", "--output", str(tmp_path / "ep2.json")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, ep2 = (json.loads((tmp_path / f"{name}.json").read_text())["tasks"] for name in ("one", "ep2"))
+    assert ep2["own"] == one["own"] and one["own"]["correct"] == 4
+    assert ep2["perplexity"]["tokens"] == one["perplexity"]["tokens"] > 0
+    assert ep2["perplexity"]["mean_loss"] == pytest.approx(one["perplexity"]["mean_loss"], rel=1e-6)
 
 
 def test_ckpt_list_shows_the_runs_checkpoints(trained, capsys):

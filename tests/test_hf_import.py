@@ -101,7 +101,7 @@ def test_streamed_import_holds_the_hf_tensors_and_gives_transformers_logits(hf_f
     assert imported.keys() == expected.keys()
     assert [k for k in expected if not torch.equal(imported[k], expected[k])] == []
 
-    model, _ = load_checkpoint_model(streamed)
+    (model,), _ = load_checkpoint_model(streamed)
     positions = torch.arange(BATCH.shape[1]).expand(BATCH.shape[0], -1)
     with torch.no_grad():
         diff = (model(BATCH, positions, None) - hf(BATCH).logits).abs().max().item()

@@ -1,5 +1,10 @@
 """``dotsllm eval CKPT --tasks ...``: perplexity on held-out token shards and exact-match generation tasks.
 
+Under torchrun the checkpoint is loaded into the layout of --tp/--pp/--ep/--vpp (each rank reads its
+own shards), the data-parallel ranks share the work, and rank 0 prints and writes the results:
+
+    torchrun --nproc-per-node 8 -m dotsllm.cli eval CKPT --tasks qa.jsonl --tokenizer tok.model --ep 4 --tp 2
+
 For lm-evaluation-harness, export first and evaluate the HF folder:
 
     dotsllm export-hf CKPT OUT --tokenizer-dir TOKENIZER_DIR
@@ -33,11 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--tokenizer", help="SentencePiece .model or HF tokenizer.json the model was trained with")
     gen.add_argument("--eod-token", help="end-of-document token of a tokenizer.json (default <|endoftext|>)")
     gen.add_argument("--max-new-tokens", type=int, help="per prompt (default: the answer's token count)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="windows or prompts per data-parallel rank")
+    layout = parser.add_argument_group("layout", "how the model is split over the processes (torchrun)")
+    for flag in ("--tp", "--pp", "--ep"):
+        layout.add_argument(flag, type=int, default=1)
+    layout.add_argument("--etp", type=int, help="expert tensor parallelism (default: --tp when --ep is 1, else 1)")
+    layout.add_argument("--vpp", type=int, help="virtual pipeline stages per rank")
     parser.add_argument("--output", help="write the results as JSON here")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from rich.console import Console
     from rich.table import Table
 
@@ -54,9 +65,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("dotsllm eval: generation tasks need --tokenizer")
     tasks = {Path(f).stem: read_tasks(f) for f in files}  # fail early on a bad file
 
-    init_distributed(ParallelConfig())
+    etp = args.etp or (args.tp if args.ep == 1 else 1)
+    init_distributed(ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, vpp=args.vpp))
     meta = read_meta(Path(args.checkpoint))
-    model, _ = load_checkpoint_model(args.checkpoint)
+    chunks, _ = load_checkpoint_model(args.checkpoint)
     results = {
         "checkpoint": str(args.checkpoint),
         "step": meta["step"],
@@ -68,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(column)
     if "perplexity" in args.tasks:
         seq_len = args.seq_len or meta.get("seq_length") or 2048
-        result = perplexity(model, token_windows(args.data, seq_len, args.max_samples), args.batch_size)
+        result = perplexity(chunks, token_windows(args.data, seq_len, args.max_samples), args.batch_size)
         results["tasks"]["perplexity"] = {**result.as_dict(), "seq_len": seq_len, "data": args.data}
         table.add_row("perplexity", "perplexity", f"{result.perplexity:.4f}", f"{result.tokens:,} tokens")
         table.add_row("", "mean loss", f"{result.mean_loss:.6f}", "")
@@ -77,12 +89,13 @@ def run(args: argparse.Namespace) -> int:
 
         tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
         for name, samples in tasks.items():
-            result = exact_match(model, tokenizer, samples, args.max_new_tokens, args.batch_size)
+            result = exact_match(chunks, tokenizer, samples, args.max_new_tokens, args.batch_size)
             results["tasks"][name] = result
             table.add_row(
                 name, "exact match", f"{result['exact_match']:.4f}", f"{result['correct']}/{result['samples']}"
             )
-    Console().print(table)
-    if args.output:
-        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    if torch.distributed.get_rank() == 0:
+        Console().print(table)
+        if args.output:
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from dotsllm.convert.hf_io import export_hf, megatron_tensor_reader, read_hf_config
-from dotsllm.model.config import Dots1ModelConfig
+from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
 from dotsllm.training.checkpoint import read_meta, write_checkpoint
 from dotsllm.training.checkpoint_state import CheckpointMeta
 
@@ -113,19 +113,43 @@ def export_checkpoint(
 
 
 def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None):
-    """The whole model of a checkpoint in this process (world of one), in eval mode; returns ``(model, cfg)``.
+    """This rank's model of a checkpoint in the current ``parallel_state`` layout, in eval mode.
 
-    ``dtype`` defaults to the checkpoint's.
+    Returns ``(chunks, cfg)``: one ``GPTModel`` per virtual pipeline stage (one without VPP), built for
+    this rank's TP/PP/EP part; each rank reads only its own shards. A world of one holds the whole
+    model. ``dtype`` defaults to the checkpoint's.
     """
     from megatron.core import dist_checkpointing
 
     from dotsllm.model.builder import build_model
 
     cfg = checkpoint_model_config(ckpt_dir)
-    model = build_model(cfg, params_dtype=dtype or checkpoint_dtype(ckpt_dir), config_overrides=NO_INIT)
-    loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(ckpt_dir))
-    model.load_state_dict(loaded["model"])
-    return model.eval(), cfg
+    parallel = _current_layout()
+    dtype = dtype or checkpoint_dtype(ckpt_dir)
+    vpp = parallel.vpp or 1
+    chunks = [
+        build_model(cfg, parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=NO_INIT)
+        for vp in range(vpp)
+    ]
+    state = {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
+    loaded = dist_checkpointing.load(state, str(ckpt_dir))
+    for i, chunk in enumerate(chunks):
+        chunk.load_state_dict(loaded[f"model{i}"])
+    return [chunk.eval() for chunk in chunks], cfg
+
+
+def _current_layout() -> ParallelConfig:
+    """The layout ``parallel_state`` was initialized with."""
+    from megatron.core import parallel_state as ps
+
+    return ParallelConfig(
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        ep=ps.get_expert_model_parallel_world_size(),
+        etp=ps.get_expert_tensor_parallel_world_size(),
+        cp=ps.get_context_parallel_world_size(),
+        vpp=ps.get_virtual_pipeline_model_parallel_world_size(),
+    )
 
 
 def import_to_checkpoint(

@@ -1,4 +1,4 @@
-"""Greedy generation with megatron-core's static KV cache, and exact-match generation tasks.
+"""Exact-match generation tasks, answered greedily by :mod:`dotsllm.inference`.
 
 A task is a JSONL file of ``{"prompt": ..., "answer": ...}`` lines. Each prompt is continued greedily
 for as many tokens as its answer has (or ``max_new_tokens``), stopping at end-of-document; the sample
@@ -8,11 +8,13 @@ is correct when the decoded continuation equals the answer, surrounding whitespa
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
+from dotsllm.inference import GenerationRequest, SamplingParams, generate_data_parallel
 
 
 class TextTokenizer(Protocol):
@@ -23,36 +25,6 @@ class TextTokenizer(Protocol):
     def encode_batch(self, texts: list[str]) -> list[list[int]]: ...
 
     def decode(self, ids: list[int]) -> str: ...
-
-
-@torch.no_grad()
-def greedy_generate(
-    model: torch.nn.Module, prompts: torch.Tensor, max_new_tokens: int, use_cache: bool = True
-) -> torch.Tensor:
-    """The ``[batch, max_new_tokens]`` greedy continuations of equal-length ``prompts`` (``[batch, len]``).
-
-    With ``use_cache`` the prompt is encoded once into a ``StaticInferenceContext`` and each new token
-    costs one position; without it every step recomputes the whole sequence (the reference). ``model``
-    is a single-process megatron ``GPTModel`` in eval mode.
-    """
-    from megatron.core.inference.contexts import StaticInferenceContext
-
-    device = next(model.parameters()).device
-    tokens = prompts.to(device)
-    batch, length = tokens.shape
-    context = StaticInferenceContext(batch, length + max_new_tokens) if use_cache else None
-    step_input, start = tokens, 0
-    for _ in range(max_new_tokens):
-        positions = torch.arange(start, start + step_input.shape[1], device=device).expand(batch, -1)
-        logits = model(step_input, positions, None, inference_context=context, runtime_gather_output=True)
-        next_token = logits[:, -1].argmax(-1, keepdim=True)
-        tokens = torch.cat([tokens, next_token], dim=1)
-        if context is not None:
-            context.sequence_len_offset += step_input.shape[1]
-            step_input, start = next_token, tokens.shape[1] - 1
-        else:
-            step_input = tokens
-    return tokens[:, length:].cpu()
 
 
 def read_tasks(path: str | Path) -> list[dict[str, str]]:
@@ -76,26 +48,40 @@ def read_tasks(path: str | Path) -> list[dict[str, str]]:
 
 
 def exact_match(
-    model: torch.nn.Module,
+    model: torch.nn.Module | Sequence[torch.nn.Module],
     tokenizer: TextTokenizer,
     samples: list[dict[str, str]],
     max_new_tokens: int | None = None,
     batch_size: int = 8,
 ) -> dict[str, Any]:
-    """Greedy exact-match accuracy on ``samples`` (see the module doc), with each sample's prediction."""
+    """Greedy exact-match accuracy on ``samples`` (see the module doc), with each sample's prediction.
+
+    ``model`` is this rank's part in the layout of ``parallel_state``; every rank passes the same
+    samples, each data-parallel rank generates ``batch_size`` of them at a time, and every rank gets
+    the whole result.
+    """
+    from megatron.core import parallel_state
+
     prompts = tokenizer.encode_batch([s["prompt"] for s in samples])
     budgets = [max_new_tokens or len(ids) for ids in tokenizer.encode_batch([s["answer"] for s in samples])]
-    batches = defaultdict(list)  # equal prompt lengths and budgets decode together
-    for i, (ids, budget) in enumerate(zip(prompts, budgets)):
+    for i, ids in enumerate(prompts):
         if not ids:
             raise ValueError(f"sample {i}: the prompt encodes to no tokens")
-        batches[len(ids), budget].append(i)
+    stop = [tokenizer.eod]
+    requests = {
+        i: GenerationRequest(ids, SamplingParams(temperature=0, max_new_tokens=budget, stop_token_ids=stop))
+        for i, (ids, budget) in enumerate(zip(prompts, budgets))
+        if budget  # an empty answer needs no generation: its prediction is empty
+    }
+    # prompts of similar length batched together: fewer steps spent feeding the longer prompts
+    order = sorted(requests, key=lambda i: len(prompts[i]))
+    step = batch_size * parallel_state.get_data_parallel_world_size()
     predictions: list[str] = [""] * len(samples)
-    for (_, budget), members in batches.items():
-        for chunk in (members[i : i + batch_size] for i in range(0, len(members), batch_size)):
-            generated = greedy_generate(model, torch.tensor([prompts[i] for i in chunk]), budget)
-            for i, ids in zip(chunk, generated.tolist()):
-                predictions[i] = tokenizer.decode(ids[: ids.index(tokenizer.eod)] if tokenizer.eod in ids else ids)
+    for start in range(0, len(order), step):
+        chunk = order[start : start + step]
+        for i, result in zip(chunk, generate_data_parallel(model, [requests[i] for i in chunk])):
+            ids = result.tokens[:-1] if result.finish_reason == "stop" else result.tokens
+            predictions[i] = tokenizer.decode(ids)
     details = [
         {**s, "prediction": p, "correct": p.strip() == s["answer"].strip()} for s, p in zip(samples, predictions)
     ]
