@@ -119,6 +119,7 @@ class Trainer:
         init_distributed(config.parallel, seed=config.training.seed)
         self.model_cfg = Dots1ModelConfig.from_preset(config.model, **config.model_overrides)
         self.data = self.build_data()
+        self.lr_schedule = self.build_lr_schedule()
         self.model_chunks, self.optimizer = self.build_model()
         self.state = self.build_train_state()
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint)
@@ -158,8 +159,17 @@ class Trainer:
             self.model_cfg, self.config.parallel, self.config.training.precision, self.config.optimizer
         )
 
+    def build_lr_schedule(self) -> Any:
+        """The learning rate of each step: ``lr(step, tokens_seen)``."""
+        return self.config.lr_schedule
+
     def build_train_state(self) -> TrainState:
         return TrainState()
+
+    def batch_stats(self, step_batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Extra numbers of a step's batches to log (a trainer's override); ``tokens_per_s`` counts
+        their ``real_tokens`` when given, else every slot."""
+        return {}
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -195,7 +205,7 @@ class Trainer:
         global_samples = self.data.global_batch_samples(self.state.consumed_samples)
         num_microbatches = global_samples // (train.micro_batch_size * self.data.dp_size)
         step_batches = [next(microbatches) for _ in range(num_microbatches)]
-        lr = self.config.lr_schedule.lr(self.state.step, tokens_before)
+        lr = self.lr_schedule.lr(self.state.step, tokens_before)
         set_lr_and_weight_decay(self.optimizer, lr, self.config.optimizer.weight_decay)
         zsl_interval = self.config.diagnostics.zsl_interval
         measure_zsl = zsl_interval and (self.state.step + 1) % zsl_interval == 0
@@ -210,12 +220,13 @@ class Trainer:
         self.state.step += 1
         self.state.consumed_samples += global_samples
         self.aux_loss.add_step(num_microbatches)
-        self._window_tokens += self.tokens_seen - tokens_before
+        stats = self.batch_stats(step_batches)
+        self._window_tokens += stats.get("real_tokens", self.tokens_seen - tokens_before)
         if not result["update_applied"]:
             self.state.nonfinite_skipped += 1
             self.metrics.event(f"step {self.state.step}: non-finite loss or gradients, update skipped")
         if self.state.step % self.config.logging.log_interval == 0:
-            self._log(result, lr, global_samples, _batch_checksum(step_batches))
+            self._log(result, lr, global_samples, _batch_checksum(step_batches), stats)
         if measure_zsl:
             self.metrics.log({"step": self.state.step, "tokens_seen": self.tokens_seen, **zsl})
         if self.state.nonfinite_skipped > train.max_nonfinite_steps:
@@ -231,7 +242,7 @@ class Trainer:
 
     # ---- parts of the loop --------------------------------------------------------------------
 
-    def _log(self, result: dict, lr: float, global_samples: int, batch_checksum: int) -> None:
+    def _log(self, result: dict, lr: float, global_samples: int, batch_checksum: int, stats: dict) -> None:
         train = self.config.training
         elapsed = time.perf_counter() - self._window_start
         tokens_per_s = self._window_tokens / elapsed
@@ -255,6 +266,7 @@ class Trainer:
                 "aux_loss": sum(aux.values()) / len(aux) if aux else None,  # mean over MoE layers, per step
                 "nonfinite_skipped": self.state.nonfinite_skipped,
                 "expert_load": expert_load,
+                **stats,
             }
         )
         self._window_start, self._window_tokens = time.perf_counter(), 0
