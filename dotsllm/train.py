@@ -273,7 +273,9 @@ class Trainer:
 
     def _held_out_losses(self) -> list[torch.Tensor]:
         train = self.config.training
-        return per_token_losses(self.model_chunks, self.zsl_batches, train.micro_batch_size, train.seq_length)
+        return per_token_losses(
+            self.model_chunks, self.zsl_batches, train.micro_batch_size, train.seq_length, self.forward_step
+        )
 
     def _zero_sum_record(self, before: list[torch.Tensor], after: list[torch.Tensor], seconds: float) -> dict:
         """D, M and the loss change over the held-out batch (on the last pipeline stage; its DP

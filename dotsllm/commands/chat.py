@@ -7,11 +7,16 @@ ends it); ``--prompt TEXT`` answers one message and exits. Generation stops at `
 from __future__ import annotations
 
 import argparse
+
+from dotsllm.training.checkpoint import checkpoint_dir
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a dotsllm checkpoint directory (holding dotsllm.json)")
+    parser.add_argument(
+        "checkpoint", type=checkpoint_dir,
+        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+    )  # fmt: skip
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model or HF tokenizer.json with the chat tokens")
     parser.add_argument("--prompt", help="answer this one message and exit")
     parser.add_argument("--system", help="the system message (default: the template's)")

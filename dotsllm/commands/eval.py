@@ -14,6 +14,8 @@ For lm-evaluation-harness, export first and evaluate the HF folder:
 from __future__ import annotations
 
 import argparse
+
+from dotsllm.training.checkpoint import checkpoint_dir
 import json
 from pathlib import Path
 
@@ -21,7 +23,10 @@ from pathlib import Path
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("checkpoint", help="a dotsllm checkpoint directory (holding dotsllm.json)")
+    parser.add_argument(
+        "checkpoint", type=checkpoint_dir,
+        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+    )  # fmt: skip
     parser.add_argument(
         "--tasks", nargs="+", required=True, metavar="TASK",
         help="'perplexity' (needs --data) and/or JSONL files of {\"prompt\", \"answer\"} lines (greedy exact match)",

@@ -61,9 +61,11 @@ def write_hf_tokenizer(tokenizer_path: str | Path, out_dir: str | Path, default_
     return out
 
 
-def has_chat_tokens(tokenizer_path: str | Path) -> bool:
-    tokenizer = Tokenizer(tokenizer_path)
-    return all(tokenizer.token_id(name) is not None for name in CHAT_TOKENS)
+def has_chat_tokens(tokenizer_json: str | Path) -> bool:
+    from tokenizers import Tokenizer as HFTokenizer
+
+    tokenizer = HFTokenizer.from_file(str(tokenizer_json))
+    return all(tokenizer.token_to_id(name) is not None for name in CHAT_TOKENS)
 
 
 def add_chat_template(hf_dir: str | Path, default_system: str | None = chat.DEFAULT_SYSTEM) -> Path:
