@@ -2,9 +2,11 @@
 
 Run with ``dotsllm pretrain CONFIG [key=value ...]`` (under ``torchrun`` for more than one process).
 :class:`Trainer` declares its cast at the top; each swappable part comes from one builder method,
-which post-training trainers (SFT, GRPO) override: the data (:meth:`Trainer.build_data`), the model
-chunks in DDP with their optimizer (:meth:`Trainer.build_model`), the forward step with its
-per-token loss (:attr:`Trainer.forward_step`), and the train state (:meth:`Trainer.build_train_state`).
+which post-training trainers (SFT, GRPO) override: the data (:meth:`Trainer.build_data`), the
+learning rate (:meth:`Trainer.build_lr_schedule`), the model chunks in DDP with their optimizer
+(:meth:`Trainer.build_model`), the forward step with its per-token loss (:attr:`Trainer.forward_step`),
+the train state (:meth:`Trainer.build_train_state`), and extra numbers logged per step
+(:meth:`Trainer.batch_stats`).
 What a checkpoint holds is :mod:`dotsllm.training.checkpoint_state`'s. The loop is :meth:`Trainer.train`,
 one step of it :meth:`Trainer.step`.
 """

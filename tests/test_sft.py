@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distributed.dist_launch import REPO
+from distributed.dist_launch import REPO, free_port
 from pretrain_runs import finish, train_records, wait_for
 
 CONFIG = REPO / "configs" / "sft" / "dots1-tiny.yaml"
@@ -21,9 +21,13 @@ BAD = REPO / "tests" / "data" / "sft_bad.jsonl"
 KILL_STEPS = random.Random(20261201)
 
 
-def start(overrides, log):
+def start(overrides, log, nproc=1):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.Popen([sys.executable, "-m", "dotsllm.cli", "sft", str(CONFIG), *overrides], cwd=REPO, env=env,
+    launcher = [sys.executable] if nproc == 1 else [
+        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+    ]  # fmt: skip
+    return subprocess.Popen([*launcher, "-m", "dotsllm.cli", "sft", str(CONFIG), *overrides], cwd=REPO, env=env,
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
 
 
@@ -94,6 +98,24 @@ def test_sigkill_then_resume_is_bit_identical(inputs, reference, tmp_path):
     for step in want:
         assert got[step]["loss"] == want[step]["loss"], f"step {step}, killed after {kill_after}"
         assert got[step]["batch_checksum"] == want[step]["batch_checksum"], f"step {step}"
+
+
+def test_expert_parallel_run_on_two_processes_reads_and_learns_the_same(inputs, reference, tmp_path):
+    """Resumed with EP=2 (two data-parallel ranks, each its half of every global batch) from the
+    one-process run's first kept checkpoint, everything loaded: the same rows per step (checksums over
+    the DP group) and the same losses, to fp32 reduction order."""
+    from dotsllm.training.checkpoint import list_checkpoints, read_meta
+
+    saved = list_checkpoints(reference / "checkpoints")[0]
+    resume = [f"checkpoint.load_from={saved}", "checkpoint.load_optimizer=true", "checkpoint.load_progress=true",
+              "parallel.ep=2"]  # fmt: skip
+    finish(start(overrides(inputs, tmp_path, *resume), tmp_path / "ep2.log", nproc=2), tmp_path / "ep2.log")
+    got, want = train_records(tmp_path), train_records(reference)
+    assert sorted(got) == [step for step in sorted(want) if step > read_meta(saved)["step"]] and len(got) >= 2
+    for step in got:
+        assert got[step]["batch_checksum"] == want[step]["batch_checksum"], f"step {step}"
+        assert got[step]["real_tokens"] == want[step]["real_tokens"], f"step {step}"
+        assert got[step]["loss"] == pytest.approx(want[step]["loss"], rel=1e-4), f"step {step}"
 
 
 def test_chat_eval_and_export_share_the_template(inputs, reference, tmp_path, megatron_world, capsys):

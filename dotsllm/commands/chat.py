@@ -7,9 +7,9 @@ ends it); ``--prompt TEXT`` answers one message and exits. Generation stops at `
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dotsllm.training.checkpoint import checkpoint_dir
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

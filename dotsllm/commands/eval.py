@@ -14,10 +14,10 @@ For lm-evaluation-harness, export first and evaluate the HF folder:
 from __future__ import annotations
 
 import argparse
-
-from dotsllm.training.checkpoint import checkpoint_dir
 import json
 from pathlib import Path
+
+from dotsllm.training.checkpoint import checkpoint_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,9 +94,8 @@ def run(args: argparse.Namespace) -> int:
         table.add_row("perplexity", "perplexity", f"{result.perplexity:.4f}", f"{result.tokens:,} tokens")
         table.add_row("", "mean loss", f"{result.mean_loss:.6f}", "")
     if tasks:
-        from dotsllm.tokenizer import Tokenizer
-
         from dotsllm.posttrain.chat import ChatTemplate
+        from dotsllm.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
         template = ChatTemplate(tokenizer) if args.chat else None

@@ -15,8 +15,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from dotsllm.convert.hf_tokenizer import add_chat_template, has_chat_tokens, write_hf_tokenizer
 from dotsllm.convert.hf_mapping import hf_to_megatron, megatron_to_hf, tensor_map, tensor_maps
+from dotsllm.convert.hf_tokenizer import add_chat_template, has_chat_tokens, write_hf_tokenizer
 from dotsllm.model.config import Dots1ModelConfig
 
 INDEX = "model.safetensors.index.json"
