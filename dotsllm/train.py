@@ -2,9 +2,11 @@
 
 Run with ``dotsllm pretrain CONFIG [key=value ...]`` (under ``torchrun`` for more than one process).
 :class:`Trainer` declares its cast at the top; each swappable part comes from one builder method,
-which post-training trainers (SFT, GRPO) override: the data (:meth:`Trainer.build_data`), the model
-chunks in DDP with their optimizer (:meth:`Trainer.build_model`), the forward step with its
-per-token loss (:attr:`Trainer.forward_step`), and the train state (:meth:`Trainer.build_train_state`).
+which post-training trainers (SFT, GRPO) override: the data (:meth:`Trainer.build_data`), the
+learning rate (:meth:`Trainer.build_lr_schedule`), the model chunks in DDP with their optimizer
+(:meth:`Trainer.build_model`), the forward step with its per-token loss (:attr:`Trainer.forward_step`),
+the train state (:meth:`Trainer.build_train_state`), and extra numbers logged per step
+(:meth:`Trainer.batch_stats`).
 What a checkpoint holds is :mod:`dotsllm.training.checkpoint_state`'s. The loop is :meth:`Trainer.train`,
 one step of it :meth:`Trainer.step`.
 """
@@ -119,6 +121,7 @@ class Trainer:
         init_distributed(config.parallel, seed=config.training.seed)
         self.model_cfg = Dots1ModelConfig.from_preset(config.model, **config.model_overrides)
         self.data = self.build_data()
+        self.lr_schedule = self.build_lr_schedule()
         self.model_chunks, self.optimizer = self.build_model()
         self.state = self.build_train_state()
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", config.checkpoint)
@@ -158,8 +161,17 @@ class Trainer:
             self.model_cfg, self.config.parallel, self.config.training.precision, self.config.optimizer
         )
 
+    def build_lr_schedule(self) -> Any:
+        """The learning rate of each step: ``lr(step, tokens_seen)``."""
+        return self.config.lr_schedule
+
     def build_train_state(self) -> TrainState:
         return TrainState()
+
+    def batch_stats(self, step_batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+        """Extra numbers of a step's batches to log (a trainer's override); ``tokens_per_s`` counts
+        their ``real_tokens`` when given, else every slot."""
+        return {}
 
     # ---- the loop -----------------------------------------------------------------------------
 
@@ -195,7 +207,7 @@ class Trainer:
         global_samples = self.data.global_batch_samples(self.state.consumed_samples)
         num_microbatches = global_samples // (train.micro_batch_size * self.data.dp_size)
         step_batches = [next(microbatches) for _ in range(num_microbatches)]
-        lr = self.config.lr_schedule.lr(self.state.step, tokens_before)
+        lr = self.lr_schedule.lr(self.state.step, tokens_before)
         set_lr_and_weight_decay(self.optimizer, lr, self.config.optimizer.weight_decay)
         zsl_interval = self.config.diagnostics.zsl_interval
         measure_zsl = zsl_interval and (self.state.step + 1) % zsl_interval == 0
@@ -210,12 +222,13 @@ class Trainer:
         self.state.step += 1
         self.state.consumed_samples += global_samples
         self.aux_loss.add_step(num_microbatches)
-        self._window_tokens += self.tokens_seen - tokens_before
+        stats = self.batch_stats(step_batches)
+        self._window_tokens += stats.get("real_tokens", self.tokens_seen - tokens_before)
         if not result["update_applied"]:
             self.state.nonfinite_skipped += 1
             self.metrics.event(f"step {self.state.step}: non-finite loss or gradients, update skipped")
         if self.state.step % self.config.logging.log_interval == 0:
-            self._log(result, lr, global_samples, _batch_checksum(step_batches))
+            self._log(result, lr, global_samples, _batch_checksum(step_batches), stats)
         if measure_zsl:
             self.metrics.log({"step": self.state.step, "tokens_seen": self.tokens_seen, **zsl})
         if self.state.nonfinite_skipped > train.max_nonfinite_steps:
@@ -231,7 +244,7 @@ class Trainer:
 
     # ---- parts of the loop --------------------------------------------------------------------
 
-    def _log(self, result: dict, lr: float, global_samples: int, batch_checksum: int) -> None:
+    def _log(self, result: dict, lr: float, global_samples: int, batch_checksum: int, stats: dict) -> None:
         train = self.config.training
         elapsed = time.perf_counter() - self._window_start
         tokens_per_s = self._window_tokens / elapsed
@@ -255,13 +268,16 @@ class Trainer:
                 "aux_loss": sum(aux.values()) / len(aux) if aux else None,  # mean over MoE layers, per step
                 "nonfinite_skipped": self.state.nonfinite_skipped,
                 "expert_load": expert_load,
+                **stats,
             }
         )
         self._window_start, self._window_tokens = time.perf_counter(), 0
 
     def _held_out_losses(self) -> list[torch.Tensor]:
         train = self.config.training
-        return per_token_losses(self.model_chunks, self.zsl_batches, train.micro_batch_size, train.seq_length)
+        return per_token_losses(
+            self.model_chunks, self.zsl_batches, train.micro_batch_size, train.seq_length, self.forward_step
+        )
 
     def _zero_sum_record(self, before: list[torch.Tensor], after: list[torch.Tensor], seconds: float) -> dict:
         """D, M and the loss change over the held-out batch (on the last pipeline stage; its DP

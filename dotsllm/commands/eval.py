@@ -17,11 +17,16 @@ import argparse
 import json
 from pathlib import Path
 
+from dotsllm.training.checkpoint import checkpoint_dir
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("checkpoint", help="a dotsllm checkpoint directory (holding dotsllm.json)")
+    parser.add_argument(
+        "checkpoint", type=checkpoint_dir,
+        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+    )  # fmt: skip
     parser.add_argument(
         "--tasks", nargs="+", required=True, metavar="TASK",
         help="'perplexity' (needs --data) and/or JSONL files of {\"prompt\", \"answer\"} lines (greedy exact match)",
@@ -38,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--tokenizer", help="SentencePiece .model or HF tokenizer.json the model was trained with")
     gen.add_argument("--eod-token", help="end-of-document token of a tokenizer.json (default <|endoftext|>)")
     gen.add_argument("--max-new-tokens", type=int, help="per prompt (default: the answer's token count)")
+    gen.add_argument(
+        "--chat", action="store_true",
+        help="render each prompt as a user turn of the dots chat template and stop at <|endofresponse|>",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="windows or prompts per data-parallel rank")
     layout = parser.add_argument_group("layout", "how the model is split over the processes (torchrun)")
     for flag in ("--tp", "--pp", "--ep"):
@@ -85,11 +94,13 @@ def run(args: argparse.Namespace) -> int:
         table.add_row("perplexity", "perplexity", f"{result.perplexity:.4f}", f"{result.tokens:,} tokens")
         table.add_row("", "mean loss", f"{result.mean_loss:.6f}", "")
     if tasks:
+        from dotsllm.posttrain.chat import ChatTemplate
         from dotsllm.tokenizer import Tokenizer
 
         tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
+        template = ChatTemplate(tokenizer) if args.chat else None
         for name, samples in tasks.items():
-            result = exact_match(chunks, tokenizer, samples, args.max_new_tokens, args.batch_size)
+            result = exact_match(chunks, tokenizer, samples, args.max_new_tokens, args.batch_size, chat=template)
             results["tasks"][name] = result
             table.add_row(
                 name, "exact match", f"{result['exact_match']:.4f}", f"{result['correct']}/{result['samples']}"

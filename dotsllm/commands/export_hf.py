@@ -19,7 +19,11 @@ def parse_size(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="a dotsllm checkpoint directory (holding dotsllm.json)")
     parser.add_argument("out", help="output folder (new or empty)")
-    parser.add_argument("--tokenizer-dir", help="HF tokenizer files (or one file) to copy into the folder")
+    tok = parser.add_mutually_exclusive_group()
+    tok.add_argument("--tokenizer-dir", help="HF tokenizer files (or one file) to copy into the folder")
+    tok.add_argument(
+        "--tokenizer", help="the run's SentencePiece .model or tokenizer.json, written as HF tokenizer files"
+    )
     parser.add_argument("--max-shard-size", type=parse_size, default="5GB", help="per safetensors file (default 5GB)")
 
 
@@ -34,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     init_distributed(ParallelConfig())
     out = export_checkpoint(
-        args.checkpoint, args.out, tokenizer_dir=args.tokenizer_dir, max_shard_bytes=args.max_shard_size
+        args.checkpoint, args.out, tokenizer_dir=args.tokenizer_dir, tokenizer=args.tokenizer,
+        max_shard_bytes=args.max_shard_size,
     )
     shards = sorted(out.glob("*.safetensors"))
     size = sum(f.stat().st_size for f in shards)

@@ -99,6 +99,7 @@ def export_checkpoint(
     out_dir: str | Path,
     *,
     tokenizer_dir: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     max_shard_bytes: int = 5 * 2**30,
     group_bytes: int | None = None,
 ) -> Path:
@@ -109,7 +110,9 @@ def export_checkpoint(
     """
     cfg = checkpoint_model_config(ckpt_dir)
     tensors = iter_checkpoint_tensors(ckpt_dir, cfg, group_bytes or max_shard_bytes // 4)
-    return export_hf(tensors, cfg, out_dir, tokenizer_dir=tokenizer_dir, max_shard_bytes=max_shard_bytes)
+    return export_hf(
+        tensors, cfg, out_dir, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer, max_shard_bytes=max_shard_bytes
+    )
 
 
 def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None):

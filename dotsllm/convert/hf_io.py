@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dotsllm.convert.hf_mapping import hf_to_megatron, megatron_to_hf, tensor_map, tensor_maps
+from dotsllm.convert.hf_tokenizer import add_chat_template, has_chat_tokens, write_hf_tokenizer
 from dotsllm.model.config import Dots1ModelConfig
 
 INDEX = "model.safetensors.index.json"
@@ -31,12 +32,16 @@ def export_hf(
     out_dir: str | Path,
     *,
     tokenizer_dir: str | Path | None = None,
+    tokenizer: str | Path | None = None,
     max_shard_bytes: int = 5 * 2**30,
 ) -> Path:
     """Write a ``Dots1ForCausalLM`` folder from megatron (name, tensor) pairs of the whole model.
 
     Tensors keep their dtype; ``config.json`` records the embedding's. Every tensor of ``cfg`` must
-    come exactly once (``_extra_state`` entries are ignored).
+    come exactly once (``_extra_state`` entries are ignored). The tokenizer comes from HF files
+    (``tokenizer_dir``, copied) or from a dotsllm tokenizer (``tokenizer``: a SentencePiece ``.model``
+    is converted); either way ``tokenizer_config.json`` carries the dots ``chat_template`` when the
+    vocabulary has the chat tokens (:mod:`dotsllm.convert.hf_tokenizer`).
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
@@ -44,6 +49,10 @@ def export_hf(
     out.mkdir(parents=True, exist_ok=True)
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out)
+        if (out / "tokenizer.json").is_file() and has_chat_tokens(out / "tokenizer.json"):
+            add_chat_template(out)
+    if tokenizer is not None:
+        write_hf_tokenizer(tokenizer, out)
     owner = {hf: m.megatron_name for m in tensor_maps(cfg) for hf in m.hf_names}
     unseen = set(owner)
     shards: list[list[str]] = []

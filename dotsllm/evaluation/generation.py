@@ -2,7 +2,10 @@
 
 A task is a JSONL file of ``{"prompt": ..., "answer": ...}`` lines. Each prompt is continued greedily
 for as many tokens as its answer has (or ``max_new_tokens``), stopping at end-of-document; the sample
-is correct when the decoded continuation equals the answer, surrounding whitespace aside.
+is correct when the decoded continuation equals the answer, surrounding whitespace aside. With a chat
+template, the prompt is a user turn rendered by the dots template (a sample's ``"system"`` field, else
+the template's default system message) followed by the generation prompt, and generation stops at
+``<|endofresponse|>``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from dotsllm.inference import GenerationRequest, SamplingParams, generate_data_parallel
+from dotsllm.posttrain.chat import ChatTemplate, Message
 
 
 class TextTokenizer(Protocol):
@@ -53,6 +57,7 @@ def exact_match(
     samples: list[dict[str, str]],
     max_new_tokens: int | None = None,
     batch_size: int = 8,
+    chat: ChatTemplate | None = None,
 ) -> dict[str, Any]:
     """Greedy exact-match accuracy on ``samples`` (see the module doc), with each sample's prediction.
 
@@ -62,12 +67,14 @@ def exact_match(
     """
     from megatron.core import parallel_state
 
-    prompts = tokenizer.encode_batch([s["prompt"] for s in samples])
+    if chat is None:
+        prompts, stop = tokenizer.encode_batch([s["prompt"] for s in samples]), [tokenizer.eod]
+    else:
+        prompts, stop = [chat.generation_prompt(_chat_messages(s)) for s in samples], [chat.stop_id]
     budgets = [max_new_tokens or len(ids) for ids in tokenizer.encode_batch([s["answer"] for s in samples])]
     for i, ids in enumerate(prompts):
         if not ids:
             raise ValueError(f"sample {i}: the prompt encodes to no tokens")
-    stop = [tokenizer.eod]
     requests = {
         i: GenerationRequest(ids, SamplingParams(temperature=0, max_new_tokens=budget, stop_token_ids=stop))
         for i, (ids, budget) in enumerate(zip(prompts, budgets))
@@ -87,3 +94,8 @@ def exact_match(
     ]
     correct = sum(d["correct"] for d in details)
     return {"samples": len(samples), "correct": correct, "exact_match": correct / len(samples), "predictions": details}
+
+
+def _chat_messages(sample: dict[str, str]) -> list[Message]:
+    system = [Message("system", sample["system"])] if isinstance(sample.get("system"), str) else []
+    return [*system, Message("user", sample["prompt"])]

@@ -79,6 +79,14 @@ def latest_checkpoint(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def checkpoint_dir(path: str | Path) -> Path:
+    """``path`` itself, or the latest checkpoint of a checkpoints folder (one holding a ``latest`` file)."""
+    path = Path(path)
+    if (path / LATEST_FILE).is_file():
+        return latest_checkpoint(path)
+    return path
+
+
 class Checkpointer:
     """Decides when to save, writes atomically, rotates rolling checkpoints, loads any layout."""
 

@@ -118,3 +118,21 @@ class BatchRamp:
                 f"multiple of seq_length x micro_batch_size x dp = {seq_length * granularity}"
             )
         return samples
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Linear warmup (by steps) to ``peak_lr``, then a cosine down to ``end_lr`` at ``total_steps``
+    (dots.llm1's SFT: 5e-6 → 1e-6 per phase); ``total_steps`` is the run's, set by the trainer."""
+
+    peak_lr: float = 5e-6
+    end_lr: float = 1e-6
+    warmup_steps: int = 0
+    total_steps: int = 0
+
+    def lr(self, step: int, tokens_seen: float = 0) -> float:
+        if step < self.warmup_steps:
+            return self.peak_lr * (step + 1) / self.warmup_steps
+        decay_steps = max(self.total_steps - self.warmup_steps - 1, 1)
+        progress = min((step - self.warmup_steps) / decay_steps, 1.0)
+        return self.end_lr + (self.peak_lr - self.end_lr) * (1 + math.cos(math.pi * progress)) / 2

@@ -107,14 +107,19 @@ def evaluate(
 
 @torch.no_grad()
 def per_token_losses(
-    ddp_chunks: list[torch.nn.Module], batches: list[dict], micro_batch_size: int, seq_length: int
+    ddp_chunks: list[torch.nn.Module],
+    batches: list[dict],
+    micro_batch_size: int,
+    seq_length: int,
+    forward_step: ForwardStep = lm_forward_step,
 ) -> list[torch.Tensor]:
-    """The next-token loss of every position of ``batches`` ([b, s] per micro-batch), on the last
-    pipeline stage (an empty list elsewhere); no gradients, no router statistics, no RNG drawn."""
+    """The next-token loss of every position of ``batches`` ([b, s] per micro-batch) through
+    ``forward_step``'s model call, on the last pipeline stage (an empty list elsewhere); no gradients,
+    no router statistics, no RNG drawn."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def keep_per_token_loss(data_iterator, model):
-        output, _ = lm_forward_step(data_iterator, model)
+        output, _ = forward_step(data_iterator, model)
         return output, lambda per_token_loss, non_loss_data=True: per_token_loss.float()
 
     with _eval_mode(ddp_chunks):
