@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("plan", "parameters, FLOPs, memory and time of a model under a parallel layout"),
     "plot": ("plot", "PNGs of a run's loss, learning rate, expert load and zero-sum learning (from its metrics.jsonl)"),
     "pretrain": ("pretrain", "pretrain a dots1 model on Megatron token shards (the dots.llm1 recipe)"),
+    "grpo": ("grpo", "GRPO with verifiable rewards (rollouts on the training layout) from a dotsllm checkpoint"),
     "smoke-train": ("smoke_train", "train a preset on one fixed batch (the quickest end-to-end check)"),
     "export-hf": ("export_hf", "a dotsllm checkpoint (any layout) as a HF Dots1ForCausalLM folder, streamed"),
     "import-hf": ("import_hf", "a HF dots1 folder as a dotsllm checkpoint to start pretraining from"),

@@ -1,0 +1,1 @@
+"""Post-training: SFT and GRPO on the dots1 model."""
