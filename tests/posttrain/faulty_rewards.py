@@ -19,20 +19,23 @@ def by_text(completions, **_):
     return values
 
 
-def by_ids(completion_ids, **_):
-    """Fails on some responses, as a function of their ids (deterministic): raises when their sum is
-    0 mod 23, hangs when 1, NaN when 2; 1.0 for the others."""
-    values = []
-    for ids in completion_ids:
-        kind = sum(ids) % 23
-        if kind == 0:
-            raise ValueError("a response this reward cannot score")
-        if kind == 1:
-            time.sleep(600)
-        values.append(float("nan") if kind == 2 else 1.0)
-    return values
-
-
 def wrong_length(completions, **_):
     """One value too many."""
     return [1.0] * (len(completions) + 1)
+
+
+def by_field(fault, **_):
+    """Fails on the samples of prompt records with a ``fault`` field: "raise", "hang" or "nan"; 1.0 elsewhere."""
+    values = []
+    for kind in fault:
+        if kind == "raise":
+            raise RuntimeError("a record this reward cannot score")
+        if kind == "hang":
+            time.sleep(600)
+        values.append(float("nan") if kind == "nan" else 1.0)
+    return values
+
+
+def parity(completion_ids, **_):
+    """1.0 for responses whose ids sum to an odd number: a reward that varies within a group."""
+    return [float(sum(ids) % 2) for ids in completion_ids]

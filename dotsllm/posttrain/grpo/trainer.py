@@ -263,29 +263,35 @@ class GRPOTrainer(Trainer):
         return sample.response[:-1] if stopped else list(sample.response)
 
     def _completion_text(self, sample: Sample) -> str:
-        return self.tokenizer.decode(self._completion_ids(sample))
+        """The response as text; ids past the tokenizer's vocabulary (a padded model vocabulary) have none."""
+        return self.tokenizer.decode([t for t in self._completion_ids(sample) if t < self.tokenizer.vocab_size])
 
     # ---- log-probs and updates ----------------------------------------------------------------
 
     def update(self, batch: RolloutBatch) -> tuple[list[dict], dict[str, float]]:
-        """The log-prob pass, then the updates: mini-batches × epochs against the old log-probs."""
+        """The log-prob pass, then the updates: mini-batches × epochs against the old log-probs.
+
+        The log-prob pass runs the first epoch's mini-batches as their updates will (the same rows in
+        the same micro-batches), so that the first update reproduces its old log-probs bit for bit.
+        """
         config = self.config
         started = time.perf_counter()
         rows = rows_of.training_rows(batch.samples, config.training.seq_length, config.rollout.max_new_tokens)
         rows["advantages"] = torch.tensor(batch.advantages, dtype=torch.float32)
+        epochs = [
+            [part.tolist() for part in np.array_split(order, config.updates.mini_batches) if len(part)]
+            for order in (
+                np.random.default_rng([config.training.seed, self.state.step, epoch]).permutation(len(batch.samples))
+                for epoch in range(config.updates.epochs)
+            )
+        ]
         with self._replay():
-            rows["old_log_probs"] = self.log_probs(self.model_chunks, self.policy, rows)
+            rows["old_log_probs"] = self.log_probs(self.model_chunks, self.policy, rows, epochs[0])
         if self.reference is not None:
-            rows["ref_log_probs"] = self.log_probs(self.reference, self.reference_forward, rows)
+            rows["ref_log_probs"] = self.log_probs(self.reference, self.reference_forward, rows, epochs[0])
         logprob_s = time.perf_counter() - started
         started = time.perf_counter()
-        results = []
-        count = len(batch.samples)
-        for epoch in range(config.updates.epochs):
-            order = np.random.default_rng([config.training.seed, self.state.step, epoch]).permutation(count)
-            for part in np.array_split(order, config.updates.mini_batches):
-                if len(part):
-                    results.append(self.train_on(rows_of.select_rows(rows, part.tolist())))
+        results = [self.train_on(rows_of.select_rows(rows, part)) for parts in epochs for part in parts]
         mask = rows["response_mask"]
         mismatch = (rows["old_log_probs"] - rows["behaviour_log_probs"]).abs()[mask]
         timing = {
@@ -296,25 +302,31 @@ class GRPOTrainer(Trainer):
         }
         return results, timing
 
-    def log_probs(self, chunks: list[torch.nn.Module], forward: PolicyForward, rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Response log-probs ``[rows, max_new_tokens]`` of ``chunks``' forward, on every rank."""
+    def log_probs(
+        self, chunks: list[torch.nn.Module], forward: PolicyForward, rows: dict[str, torch.Tensor], parts: list[list[int]]
+    ) -> torch.Tensor:
+        """Response log-probs ``[rows, max_new_tokens]`` of ``chunks``' forward, on every rank; the rows
+        are run a mini-batch (``parts``: their indices) at a time, split as :meth:`train_on` splits them."""
         from megatron.core import parallel_state
 
         mbs, seq = self.config.training.micro_batch_size, self.config.training.seq_length
         dp = parallel_state.get_data_parallel_world_size()
-        share = rows_of.rank_share(len(rows["tokens"]), parallel_state.get_data_parallel_rank(), dp, mbs)
-        batches = self._on_device(rows_of.micro_batches(rows_of.select_rows(rows, share), mbs))
-        outputs = forward_outputs(chunks, batches, mbs, seq, forward.log_probs_step)
-        shape = (len(share), rows["response_mask"].shape[1])
-        local = torch.cat(outputs).float() if outputs else torch.zeros(shape, device=_device())
-        if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-            torch.distributed.broadcast(
-                local, src=parallel_state.get_pipeline_model_parallel_last_rank(),
-                group=parallel_state.get_pipeline_model_parallel_group(),
-            )  # fmt: skip
-        gathered = [torch.empty_like(local) for _ in range(dp)]
-        torch.distributed.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
-        return torch.cat(gathered)[: len(rows["tokens"])].cpu()
+        values = torch.zeros(rows["response_mask"].shape)
+        for part in parts:
+            share = rows_of.rank_share(len(part), parallel_state.get_data_parallel_rank(), dp, mbs)
+            share = [part[i] if i is not None else None for i in share]
+            batches = self._on_device(rows_of.micro_batches(rows_of.select_rows(rows, share), mbs))
+            outputs = forward_outputs(chunks, batches, mbs, seq, forward.log_probs_step)
+            local = torch.cat(outputs).float() if outputs else torch.zeros(len(share), values.shape[1], device=_device())
+            if parallel_state.get_pipeline_model_parallel_world_size() > 1:
+                torch.distributed.broadcast(
+                    local, src=parallel_state.get_pipeline_model_parallel_last_rank(),
+                    group=parallel_state.get_pipeline_model_parallel_group(),
+                )  # fmt: skip
+            gathered = [torch.empty_like(local) for _ in range(dp)]
+            torch.distributed.all_gather(gathered, local, group=parallel_state.get_data_parallel_group())
+            values[part] = torch.cat(gathered)[: len(part)].cpu()
+        return values
 
     def train_on(self, rows: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One optimizer update on the mini-batch ``rows`` (all ranks hold all of it; each trains its share)."""
@@ -397,6 +409,7 @@ class GRPOTrainer(Trainer):
             "rollout_s": generate_s,
             "reward_s": reward_s,
             "rollout_tokens_per_s": float(lengths.sum()) / generate_s,
+            "rollout_checksum": _rollout_checksum(drawn),
             "reward_failures": outcome.failures,
             "reward_failed_samples": sum(sum(c[k] for k in FAILURE_KINDS) for c in outcome.failures.values()),
             "reward_none": outcome.no_reward,
@@ -434,6 +447,16 @@ class GRPOTrainer(Trainer):
         record["aux_loss"] = sum(aux.values()) / len(aux) if aux else None
         record["expert_load"] = expert_load
         self.metrics.log(record)
+
+
+def _rollout_checksum(samples: list[Sample]) -> int:
+    """A position-weighted sum of every response's tokens, in order: which responses a step drew."""
+    total, weight = 0, 1
+    for sample in samples:
+        for token in sample.response:
+            total += weight * token
+            weight += 1
+    return total
 
 
 def starting_checkpoint(path: str | Path) -> Path:
