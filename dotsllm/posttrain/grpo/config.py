@@ -109,6 +109,8 @@ class GRPOConfig:
     eval: EvalSettings = field(default_factory=EvalSettings)
 
     def __post_init__(self) -> None:
+        if not self.tokenizer:
+            raise ValueError("tokenizer: name the tokenizer (.model or tokenizer.json) with the dots chat tokens")
         if self.training.seq_length <= self.rollout.max_new_tokens:
             raise ValueError(
                 f"training.seq_length ({self.training.seq_length}) must exceed rollout.max_new_tokens "
