@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
 from itertools import islice
 
 import numpy as np
@@ -51,26 +50,25 @@ def token_windows(prefixes: Iterable[str], seq_len: int, max_samples: int | None
 def perplexity(
     model: torch.nn.Module | Sequence[torch.nn.Module], windows: Iterable[np.ndarray], batch_size: int = 4
 ) -> PerplexityResult:
-    """Mean next-token loss of a megatron ``GPTModel`` (in eval mode) over ``windows`` (see :func:`token_windows`).
+    """Mean next-token loss of a megatron ``GPTModel`` over ``windows`` (see :func:`token_windows`).
 
     ``model`` is this rank's part (its chunks, one per virtual pipeline stage) in the layout of
     ``parallel_state``; every rank passes the same ``windows`` and gets the result. Forward-only
-    through megatron's pipeline schedules: each step, every data-parallel rank takes ``pp`` micro-batches
-    of ``batch_size`` windows (rows past the end are fully masked), so all ranks run the same number of
-    forwards. Each token's loss is summed in float64.
+    through the trainer's evaluation (:func:`dotsllm.training.step.evaluate`): each step, every
+    data-parallel rank takes ``pp`` micro-batches of ``batch_size`` windows (rows past the end are
+    fully masked), so all ranks run the same number of forwards; sums are float64.
     """
     from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
 
     from dotsllm.inference.stages import model_chunks
+    from dotsllm.training.step import evaluate
 
     chunks = model_chunks(model)
     device = next(chunks[0].parameters()).device
     dp_rank, dp_size = parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size()
     tp = parallel_state.get_tensor_model_parallel_world_size()
-    num_microbatches = parallel_state.get_pipeline_model_parallel_world_size()
-    per_rank = num_microbatches * batch_size
-    totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, tokens
+    per_rank = parallel_state.get_pipeline_model_parallel_world_size() * batch_size
+    total, count = 0.0, 0
     windows = iter(windows)
     while step := list(islice(windows, per_rank * dp_size)):
         # padded to a multiple of TP: sequence parallelism splits the sequence over TP ranks
@@ -79,52 +77,24 @@ def perplexity(
         microbatches = [
             _microbatch(mine[i : i + batch_size], batch_size, width, device) for i in range(0, per_rank, batch_size)
         ]
-        logs = get_forward_backward_func()(
-            forward_step_func=_forward_step,
-            data_iterator=[iter(microbatches) for _ in chunks],
-            model=chunks,
-            num_microbatches=num_microbatches,
-            seq_length=width,
-            micro_batch_size=batch_size,
-            forward_only=True,
-        )
-        for entry in logs:  # on the last pipeline stage
-            totals += entry["loss sum, tokens"]
-    if dp_size > 1:
-        torch.distributed.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    if parallel_state.get_pipeline_model_parallel_world_size() > 1:
-        torch.distributed.broadcast(
-            totals,
-            src=parallel_state.get_pipeline_model_parallel_last_rank(),
-            group=parallel_state.get_pipeline_model_parallel_group(),
-        )
-    total, count = totals.tolist()
+        logs = evaluate(chunks, microbatches, batch_size, width)
+        if logs["tokens"]:
+            total += logs["loss"] * logs["tokens"]
+            count += logs["tokens"]
     if not count:
         raise ValueError("no tokens to evaluate: the shards are empty")
-    return PerplexityResult(tokens=int(count), mean_loss=total / count)
+    return PerplexityResult(tokens=count, mean_loss=total / count)
 
 
 def _microbatch(windows: list[np.ndarray], rows: int, width: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """``windows`` right-padded into ``rows`` x ``width`` inputs, labels and a mask of the real labels."""
+    """``windows`` right-padded into a ``rows`` x ``width`` next-token batch whose loss mask covers the
+    real labels (causal attention keeps the padding out of real positions)."""
     tokens = torch.zeros(rows, width, dtype=torch.long)
     labels = torch.zeros_like(tokens)
-    mask = torch.zeros(rows, width, dtype=torch.float64)
-    for i, w in enumerate(windows):  # right padding: causal attention keeps it out of real positions
+    mask = torch.zeros(rows, width)
+    for i, w in enumerate(windows):
         tokens[i, : len(w) - 1] = torch.from_numpy(w[:-1])
         labels[i, : len(w) - 1] = torch.from_numpy(w[1:])
         mask[i, : len(w) - 1] = 1
-    batch = {"tokens": tokens, "labels": labels, "positions": torch.arange(width).expand(rows, -1), "mask": mask}
+    batch = {"tokens": tokens, "labels": labels, "loss_mask": mask, "position_ids": torch.arange(width).expand(rows, -1)}
     return {name: tensor.to(device) for name, tensor in batch.items()}
-
-
-def _forward_step(data_iterator, model):
-    batch = next(data_iterator)
-    per_token_loss = model(batch["tokens"], batch["positions"], None, labels=batch["labels"])
-    return per_token_loss, partial(_loss_sum, batch["mask"])
-
-
-def _loss_sum(mask: torch.Tensor, per_token_loss: torch.Tensor):
-    """(loss sum, token count, logs): the schedules' per-token loss convention."""
-    total = (per_token_loss.double() * mask).sum()
-    count = mask.sum()
-    return total, count.int(), {"loss sum, tokens": torch.stack([total, count])}

@@ -22,9 +22,13 @@ ForwardStep = Callable[[Iterator[dict[str, torch.Tensor]], torch.nn.Module], tup
 
 
 def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
-    """The per-token loss function of a micro-batch: ``(sum, count, {"loss": [sum, count]})``."""
-    mask = loss_mask.to(per_token_loss.device, torch.float32)
-    loss_sum = (per_token_loss.float() * mask).sum()
+    """The per-token loss function of a micro-batch: ``(sum, count, {"loss": [sum, count]})``.
+
+    The sum is float64 (exact token counts, and a reported loss to ~1e-12 whatever the micro-batch
+    size); its gradient, 1 per loss token, is the same in any precision.
+    """
+    mask = loss_mask.to(per_token_loss.device, torch.float64)
+    loss_sum = (per_token_loss.double() * mask).sum()
     num_tokens = mask.sum().to(torch.int)
     return loss_sum, num_tokens, {"loss": torch.stack([loss_sum.detach(), mask.sum()])}
 
@@ -137,14 +141,16 @@ def per_token_losses(
 
 
 @contextlib.contextmanager
-def _eval_mode(ddp_chunks: list[torch.nn.Module]):
-    for chunk in ddp_chunks:
+def _eval_mode(chunks: list[torch.nn.Module]):
+    """Eval mode for the block; each chunk's own mode afterwards."""
+    modes = [chunk.training for chunk in chunks]
+    for chunk in chunks:
         chunk.eval()
     try:
         yield
     finally:
-        for chunk in ddp_chunks:
-            chunk.train()
+        for chunk, training in zip(chunks, modes):
+            chunk.train(training)
 
 
 def _run_schedule(ddp_chunks, data_iterator, num_microbatches, micro_batch_size, seq_length, forward_step, forward_only):
