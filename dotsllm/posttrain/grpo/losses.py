@@ -145,5 +145,5 @@ def sequence_weights(
 
 
 def aggregate(per_token: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``Σ_i weights_i · Σ_t per_token[i, t]`` (``per_token`` already zero outside the mask)."""
-    return (per_token.sum(-1) * weights.to(per_token.dtype)).sum()
+    """``Σ_i weights_i · Σ_t per_token[i, t]`` in float64 (``per_token`` already zero outside the mask)."""
+    return (per_token.double().sum(-1) * weights.double()).sum()

@@ -78,15 +78,14 @@ class PolicyForward:
             log_probs, batch["old_log_probs"], batch["advantages"], mask, self.settings,
             ref_log_probs=batch.get("ref_log_probs"), entropy=entropy,
         )  # fmt: skip
-        loss_scale = batch["loss_scale"][0].to(terms.loss.dtype)
-        loss_sum = aggregate(terms.loss, batch["weights"]) * loss_scale
+        loss_sum = aggregate(terms.loss, batch["weights"]) * batch["loss_scale"][0].double()
         count = torch.tensor(mask.shape[0] * batch["tokens"].shape[1], dtype=torch.int, device=loss_sum.device)
-        tokens = mask.sum().to(loss_sum.dtype)
+        tokens = mask.sum().double()
         logs = {"loss": torch.stack([loss_sum.detach(), count.to(loss_sum.dtype)])}
         for name, field in TOKEN_STATS:
             value = getattr(terms, field)
             if value is not None:
-                logs[name] = torch.stack([value.sum(), tokens])
-        logs["entropy"] = torch.stack([entropy.detach().sum(), tokens])
-        logs["ratio_dev"] = torch.stack([((terms.ratio - 1).abs() * mask).sum(), tokens])
+                logs[name] = torch.stack([value.double().sum(), tokens])
+        logs["entropy"] = torch.stack([entropy.detach().double().sum(), tokens])
+        logs["ratio_dev"] = torch.stack([((terms.ratio - 1).abs() * mask).double().sum(), tokens])
         return loss_sum, count, logs
