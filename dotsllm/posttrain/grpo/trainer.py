@@ -89,12 +89,10 @@ class GRPOTrainer(Trainer):
 
             self.reference, _ = load_checkpoint_model(config.checkpoint.load_from, PRECISIONS[config.training.precision])
         self.reference_forward = PolicyForward(config.objective, config.rollout.temperature)
-        self.heldout = None
+        self.heldout: list[Prompt] = []  # the held-out prompts, in file order
         if config.eval.path:
-            self.heldout = PromptSet(
-                dataclasses.replace(config.prompts, path=config.eval.path), self.tokenizer, config.max_prompt_tokens, 0
-            ).prompts
-            self.heldout = self.heldout[: config.eval.samples or None]
+            settings = dataclasses.replace(config.prompts, path=config.eval.path)
+            self.heldout = PromptSet(settings, self.tokenizer, config.max_prompt_tokens, 0).prompts[: config.eval.samples or None]
         if self.data.errors:
             if torch.distributed.get_rank() == 0:
                 self.data.write_errors(self.run_dir / PROMPT_ERRORS_FILE)
@@ -151,11 +149,12 @@ class GRPOTrainer(Trainer):
         return self.state.tokens
 
     def train(self) -> str:
-        """Held-out accuracy before training (a fresh run) and after it, around the pretraining loop."""
+        """Held-out accuracy before training (a fresh run) and at its end, around the pretraining loop."""
         if self.heldout and self.state.step == 0:
             self.evaluate()
         reason = super().train()
-        if self.heldout and not (self.config.eval.interval and self.state.step % self.config.eval.interval == 0):
+        interval = self.config.eval.interval
+        if self.heldout and self.end_reason() is not None and not (interval and self.state.step % interval == 0):
             self.evaluate()
         return reason
 
