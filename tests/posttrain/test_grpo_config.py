@@ -74,6 +74,18 @@ def test_prompt_records_and_their_draw_order(tmp_path):
     assert [next(stream)[1].source for _ in range(5)] == first[4:] + second[:3]
 
 
+def test_prompt_records_from_a_datasets_folder(tmp_path):
+    import datasets
+
+    records = {"prompt": ["q1", "", "q3"], "answer": ["1", "2", "3"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(records)}).save_to_disk(str(tmp_path / "ds"))
+    prompts = PromptSet(PromptSettings(path=str(tmp_path / "ds"), system=None), CharTokenizer(), 20, seed=0)
+    assert [(p.text, p.fields, p.source) for p in prompts.prompts] == [
+        ("q1", {"answer": "1"}, f"{tmp_path / 'ds'}[0]"), ("q3", {"answer": "3"}, f"{tmp_path / 'ds'}[2]")
+    ]
+    assert prompts.error_counts == {"bad prompt": 1}
+
+
 def test_training_rows_and_data_parallel_shares():
     def sample(prompt, response, routing=None):
         return Sample(0, Prompt(tuple(prompt), "", {}, ""), response, [-0.5] * len(response), False, routing)
