@@ -92,8 +92,8 @@ def main() -> None:
         generated = sum(len(s.response) for s in shared)
         prompt_tokens = sum(len(p.ids) for _, p in chosen)
         table = Table(title=(
-            f"rollout of {len(chosen)} prompts x G={config.rollout.group_size} ({prompt_tokens / len(chosen):.0f} prompt "
-            f"tokens on average, {generated} tokens generated), best of {args.repeats}"
+            f"rollout of {len(chosen)} prompts x G={config.rollout.group_size} ({prompt_tokens / len(chosen):.0f} "
+            f"prompt tokens on average, {generated} tokens generated), best of {args.repeats}"
         ))  # fmt: skip
         for column in ("prefill", "seconds", "generated tokens/s"):
             table.add_column(column, justify="right" if column != "prefill" else "left")

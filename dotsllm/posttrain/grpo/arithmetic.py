@@ -59,7 +59,9 @@ def make_splits(train: int, heldout: int, seed: int = 0, max_operand: int = 9) -
         if p["prompt"] not in held:
             train_problems.append(p)
     if len(train_problems) < train:
-        raise ValueError(f"only {len(train_problems)} train problems differ from the held-out ones; raise --max-operand")
+        raise ValueError(
+            f"only {len(train_problems)} train problems differ from the held-out ones; raise --max-operand"
+        )
     return train_problems, list(held.values())
 
 

@@ -77,4 +77,5 @@ def select_rows(rows: dict[str, torch.Tensor], indices: Sequence[int | None]) ->
 def micro_batches(rows: dict[str, torch.Tensor], micro_batch_size: int) -> list[dict[str, torch.Tensor]]:
     """Consecutive ``micro_batch_size`` rows (the number of rows is a multiple of it)."""
     count = len(next(iter(rows.values())))
-    return [{name: t[start : start + micro_batch_size] for name, t in rows.items()} for start in range(0, count, micro_batch_size)]
+    starts = range(0, count, micro_batch_size)
+    return [{name: t[start : start + micro_batch_size] for name, t in rows.items()} for start in starts]

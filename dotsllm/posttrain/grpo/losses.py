@@ -34,7 +34,8 @@ KL_LIMIT = 10.0
 class LossSettings:
     """The objective's knobs (the ``objective`` section of a GRPO config)."""
 
-    aggregation: str = "token-mean"  # token-mean (DAPO) | seq-mean-token-mean (GRPO) | seq-mean-token-sum-norm (Dr.GRPO)
+    # token-mean (DAPO) | seq-mean-token-mean (GRPO) | seq-mean-token-sum-norm (Dr.GRPO)
+    aggregation: str = "token-mean"
     clip_low: float = 0.2  # ε_low: the ratio is clipped below 1 − ε_low
     clip_high: float = 0.28  # ε_high: above 1 + ε_high (DAPO's clip-higher; 0.2 is PPO's symmetric clip)
     dual_clip: float | None = None  # c > 1 bounds the loss of a negative advantage by −c·A (verl: 3.0)
@@ -43,9 +44,10 @@ class LossSettings:
     entropy_coef: float = 0.0  # weight of the entropy bonus (entropy is measured either way)
 
     def __post_init__(self) -> None:
+        aggregation = self.aggregation
         problems = [
-            f"aggregation must be one of {AGGREGATIONS}, not {self.aggregation!r}" if self.aggregation not in AGGREGATIONS else "",
-            f"ratio must be one of {RATIO_LEVELS}, not {self.ratio!r}" if self.ratio not in RATIO_LEVELS else "",
+            "" if aggregation in AGGREGATIONS else f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}",
+            "" if self.ratio in RATIO_LEVELS else f"ratio must be one of {RATIO_LEVELS}, not {self.ratio!r}",
             "clip_low must be in [0, 1)" if not 0 <= self.clip_low < 1 else "",
             "clip_high must be >= 0" if self.clip_high < 0 else "",
             "dual_clip must be > 1" if self.dual_clip is not None and self.dual_clip <= 1 else "",
@@ -68,7 +70,9 @@ class PolicyLoss:
     kl: torch.Tensor | None  # k3 estimate, when reference log-probs are given (detached)
 
 
-def importance_ratio(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+def importance_ratio(
+    log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask: torch.Tensor, level: str
+) -> torch.Tensor:
     """ρ per token: ``exp(logp − old)``, or GSPO's ``sg[s_i]·exp(logp − sg[logp])`` with
     ``s_i = exp(mean_t(logp − old))`` over the response (its value s_i, its gradient that of s_i)."""
     log_ratio = (log_probs - old_log_probs) * mask
@@ -80,7 +84,7 @@ def importance_ratio(log_probs: torch.Tensor, old_log_probs: torch.Tensor, mask:
 
 
 def k3_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor) -> torch.Tensor:
-    """The k3 estimator of KL(π‖π_ref) per token: ``exp(r) − r − 1`` with ``r = ref − logp`` (clamped as verl)."""
+    """The k3 estimator of KL(π‖π_ref) per token: ``exp(r) − r − 1``, ``r = ref − logp`` (clamped as verl)."""
     log_ratio = (ref_log_probs - log_probs).clamp(-KL_LOG_RATIO_LIMIT, KL_LOG_RATIO_LIMIT)
     return (torch.exp(log_ratio) - log_ratio - 1).clamp(-KL_LIMIT, KL_LIMIT)
 

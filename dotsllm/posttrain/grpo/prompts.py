@@ -103,7 +103,8 @@ def _read_records(settings: PromptSettings) -> Iterable[tuple[str, Any]]:
         return
     import datasets
 
-    if path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "state.json", "dataset_dict.json")):
+    saved = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
+    if path.is_dir() and any((path / name).is_file() for name in saved):
         dataset = datasets.load_from_disk(str(path))
         if isinstance(dataset, datasets.DatasetDict):
             dataset = dataset[settings.split]

@@ -44,9 +44,8 @@ class RewardSpec:
         if ":" in self.function:
             return self.function
         if self.function not in reward_functions.BUILTIN:
-            raise ValueError(
-                f"reward function {self.function!r}: not a built-in ({sorted(reward_functions.BUILTIN)}) nor module:function"
-            )
+            builtins = sorted(reward_functions.BUILTIN)
+            raise ValueError(f"reward function {self.function!r}: not a built-in ({builtins}) nor module:function")
         return f"{reward_functions.__name__}:{reward_functions.BUILTIN[self.function].__name__}"
 
 

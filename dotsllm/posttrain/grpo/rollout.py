@@ -99,9 +99,8 @@ def rollout(
         for member in range(settings.group_size)
     ]
     results = backend.generate(requests, record_routing)
+    groups = [p for p in prompts for _ in range(settings.group_size)]
     return [
-        Sample(draw, prompt, list(result.tokens), list(result.log_probs), result.finish_reason == "length", result.routing)
-        for (draw, prompt), result in zip(
-            [p for p in prompts for _ in range(settings.group_size)], results, strict=True
-        )
+        Sample(draw, prompt, list(r.tokens), list(r.log_probs), r.finish_reason == "length", r.routing)
+        for (draw, prompt), r in zip(groups, results, strict=True)
     ]

@@ -75,7 +75,7 @@ class GRPOTrainer(Trainer):
         if config.checkpoint.load_from:
             config.checkpoint.load_from = str(starting_checkpoint(config.checkpoint.load_from))
         elif latest_checkpoint(Path(config.run_dir) / "checkpoints") is None:
-            raise ValueError("GRPO starts from a checkpoint: set checkpoint.load_from (an SFT, pretraining or imported one)")
+            raise ValueError("GRPO starts from a checkpoint: set checkpoint.load_from (SFT, pretraining or imported)")
         super().__init__(config)
         self.stop_token = self.tokenizer.special_ids([END_OF_RESPONSE])[END_OF_RESPONSE]
         self.routers = moe_routers(self.model_chunks) if config.moe.router_replay else None
@@ -87,12 +87,14 @@ class GRPOTrainer(Trainer):
             from dotsllm.convert.checkpoint_io import load_checkpoint_model
             from dotsllm.training.optimizer import PRECISIONS
 
-            self.reference, _ = load_checkpoint_model(config.checkpoint.load_from, PRECISIONS[config.training.precision])
+            dtype = PRECISIONS[config.training.precision]
+            self.reference, _ = load_checkpoint_model(config.checkpoint.load_from, dtype)
         self.reference_forward = PolicyForward(config.objective, config.rollout.temperature)
         self.heldout: list[Prompt] = []  # the held-out prompts, in file order
         if config.eval.path:
             settings = dataclasses.replace(config.prompts, path=config.eval.path)
-            self.heldout = PromptSet(settings, self.tokenizer, config.max_prompt_tokens, 0).prompts[: config.eval.samples or None]
+            heldout = PromptSet(settings, self.tokenizer, config.max_prompt_tokens, 0).prompts
+            self.heldout = heldout[: config.eval.samples or None]
         if self.data.errors:
             if torch.distributed.get_rank() == 0:
                 self.data.write_errors(self.run_dir / PROMPT_ERRORS_FILE)
@@ -125,7 +127,8 @@ class GRPOTrainer(Trainer):
         self.tokenizer = Tokenizer(config.tokenizer, config.eod_token)
         if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
             raise ValueError(
-                f"tokenizer {config.tokenizer} has {self.tokenizer.vocab_size} tokens, the model {self.model_cfg.vocab_size}"
+                f"tokenizer {config.tokenizer} has {self.tokenizer.vocab_size} tokens, "
+                f"the model {self.model_cfg.vocab_size}"
             )
         return PromptSet(config.prompts, self.tokenizer, config.max_prompt_tokens, config.training.seed)
 
@@ -210,7 +213,8 @@ class GRPOTrainer(Trainer):
             need = config.rollout.prompts_per_step - len(kept) // group
             chosen = [next(prompts) for _ in range(need)]
             started = time.perf_counter()
-            samples = rollout(self.backend, chosen, config.rollout, self.stop_token, config.training.seed, self.routers is not None)
+            replay = self.routers is not None
+            samples = rollout(self.backend, chosen, config.rollout, self.stop_token, config.training.seed, replay)
             generate_s += time.perf_counter() - started
             started = time.perf_counter()
             outcome = self.score(samples)
@@ -225,7 +229,8 @@ class GRPOTrainer(Trainer):
                 if not (equal and dynamic.enabled):
                     kept += samples[g * group : (g + 1) * group]
                     kept_rewards += rewards
-            if not dynamic.enabled or len(kept) // group >= config.rollout.prompts_per_step or tries >= dynamic.max_tries:
+            full = len(kept) // group >= config.rollout.prompts_per_step
+            if not dynamic.enabled or full or tries >= dynamic.max_tries:
                 break
         advantages = []
         if kept:
@@ -302,8 +307,9 @@ class GRPOTrainer(Trainer):
         return results, timing
 
     def log_probs(
-        self, chunks: list[torch.nn.Module], forward: PolicyForward, rows: dict[str, torch.Tensor], parts: list[list[int]]
-    ) -> torch.Tensor:
+        self, chunks: list[torch.nn.Module], forward: PolicyForward, rows: dict[str, torch.Tensor],
+        parts: list[list[int]],
+    ) -> torch.Tensor:  # fmt: skip
         """Response log-probs ``[rows, max_new_tokens]`` of ``chunks``' forward, on every rank; the rows
         are run a mini-batch (``parts``: their indices) at a time, split as :meth:`train_on` splits them."""
         from megatron.core import parallel_state
@@ -316,7 +322,10 @@ class GRPOTrainer(Trainer):
             share = [part[i] if i is not None else None for i in share]
             batches = self._on_device(rows_of.micro_batches(rows_of.select_rows(rows, share), mbs))
             outputs = forward_outputs(chunks, batches, mbs, seq, forward.log_probs_step)
-            local = torch.cat(outputs).float() if outputs else torch.zeros(len(share), values.shape[1], device=_device())
+            if outputs:  # the last pipeline stage
+                local = torch.cat(outputs).float()
+            else:
+                local = torch.zeros(len(share), values.shape[1], device=_device())
             if parallel_state.get_pipeline_model_parallel_world_size() > 1:
                 torch.distributed.broadcast(
                     local, src=parallel_state.get_pipeline_model_parallel_last_rank(),
@@ -371,17 +380,22 @@ class GRPOTrainer(Trainer):
         from megatron.core import parallel_state
 
         started = time.perf_counter()
-        params = SamplingParams(temperature=0, max_new_tokens=config.rollout.max_new_tokens, stop_token_ids=(self.stop_token,))
-        requests = [GenerationRequest(p.ids, params) for p in self.heldout]
+        greedy = SamplingParams(0, max_new_tokens=config.rollout.max_new_tokens, stop_token_ids=[self.stop_token])
+        requests = [GenerationRequest(p.ids, greedy) for p in self.heldout]
         step = config.eval.batch_size * parallel_state.get_data_parallel_world_size()
-        results = [r for i in range(0, len(requests), step) for r in generate_data_parallel(self.model_chunks, requests[i : i + step])]
-        samples = [Sample(-1, p, r.tokens, r.log_probs, r.finish_reason == "length", None) for p, r in zip(self.heldout, results)]
+        results = []
+        for start in range(0, len(requests), step):
+            results += generate_data_parallel(self.model_chunks, requests[start : start + step])
+        samples = [
+            Sample(-1, p, r.tokens, r.log_probs, r.finish_reason == "length", None) for p, r in zip(self.heldout, results)
+        ]
         spec = next(s for s in self.rewards.specs if s.label == config.rewards.accuracy)
         values = self.score(samples, [spec]).values[spec.label]
         accuracy = sum(values) / len(values)
         self.metrics.log({
             "step": self.state.step, "tokens_seen": self.tokens_seen, "heldout_accuracy": accuracy,
-            "heldout_samples": len(values), "heldout_response_length": float(np.mean([len(s.response) for s in samples])),
+            "heldout_samples": len(values),
+            "heldout_response_length": float(np.mean([len(s.response) for s in samples])),
             "eval_s": time.perf_counter() - started,
         })  # fmt: skip
         return accuracy
