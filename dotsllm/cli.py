@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain", "pretrain a dots1 model on Megatron token shards (the dots.llm1 recipe)"),
     "sft": ("sft", "supervised fine-tuning on the dots chat template (packed, assistant-only loss)"),
     "chat": ("chat", "talk to a checkpoint through the dots chat template (`--prompt` for one shot)"),
+    "grpo": ("grpo", "GRPO with verifiable rewards (rollouts on the training layout) from a dotsllm checkpoint"),
     "smoke-train": ("smoke_train", "train a preset on one fixed batch (the quickest end-to-end check)"),
     "export-hf": ("export_hf", "a dotsllm checkpoint (any layout) as a HF Dots1ForCausalLM folder, streamed"),
     "import-hf": ("import_hf", "a HF dots1 folder as a dotsllm checkpoint to start pretraining from"),

@@ -119,7 +119,7 @@ class Trainer:
         self.config = config
         self.run_dir = Path(config.run_dir)
         init_distributed(config.parallel, seed=config.training.seed)
-        self.model_cfg = Dots1ModelConfig.from_preset(config.model, **config.model_overrides)
+        self.model_cfg = self.build_model_config()
         self.data = self.build_data()
         self.lr_schedule = self.build_lr_schedule()
         self.model_chunks, self.optimizer = self.build_model()
@@ -137,17 +137,15 @@ class Trainer:
             counts.active_matmul, self.model_cfg.num_layers,
             self.model_cfg.num_attention_heads * self.model_cfg.head_dim, config.training.seq_length,
         )  # fmt: skip
-        self.zsl_batches = self.data.valid_batches(config.diagnostics.zsl_samples) if config.diagnostics.zsl_interval else []
-        if config.diagnostics.zsl_interval and not self.zsl_batches:
-            raise ValueError(
-                "diagnostics.zsl_interval needs held-out samples: a validation share in data.split and "
-                f"training.eval_samples >= diagnostics.zsl_samples ({config.diagnostics.zsl_samples}) x DP"
-            )
+        self.zsl_batches = self.build_zsl_batches()
         self.metrics = MetricsLogger(self.run_dir, config.logging, to_dict(config), enabled=_is_logging_rank())
         self.stop = StopRequested()
         self._window_start, self._window_tokens = time.perf_counter(), 0
 
     # ---- the swappable parts ------------------------------------------------------------------
+
+    def build_model_config(self) -> Dots1ModelConfig:
+        return Dots1ModelConfig.from_preset(self.config.model, **self.config.model_overrides)
 
     def build_data(self) -> PretrainData:
         config, train = self.config, self.config.training
@@ -172,6 +170,17 @@ class Trainer:
         """Extra numbers of a step's batches to log (a trainer's override); ``tokens_per_s`` counts
         their ``real_tokens`` when given, else every slot."""
         return {}
+
+    def build_zsl_batches(self) -> list[dict[str, torch.Tensor]]:
+        """The held-out batch of the zero-sum-learning metrics (none when they are off)."""
+        diagnostics = self.config.diagnostics
+        batches = self.data.valid_batches(diagnostics.zsl_samples) if diagnostics.zsl_interval else []
+        if diagnostics.zsl_interval and not batches:
+            raise ValueError(
+                "diagnostics.zsl_interval needs held-out samples: a validation share in data.split and "
+                f"training.eval_samples >= diagnostics.zsl_samples ({diagnostics.zsl_samples}) x DP"
+            )
+        return batches
 
     # ---- the loop -----------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Start ``dotsllm pretrain`` runs from tests (one process, or ``torchrun`` for several)."""
+"""Start ``dotsllm pretrain`` (or other ``dotsllm``) runs from tests (one process, or ``torchrun`` for several)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from distributed.dist_launch import REPO, free_port
 TINY_CONFIG = REPO / "configs" / "pretrain" / "dots1-tiny.yaml"
 
 
-def pretrain_command(nproc: int, overrides: list[str]) -> list[str]:
+def dotsllm_command(nproc: int, args: list[str]) -> list[str]:
     if nproc == 1:
         launcher = [sys.executable, "-m", "dotsllm.cli"]
     else:
@@ -26,14 +26,16 @@ def pretrain_command(nproc: int, overrides: list[str]) -> list[str]:
             sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
             "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "dotsllm.cli",
         ]  # fmt: skip
-    return [*launcher, "pretrain", str(TINY_CONFIG), *overrides]
+    return [*launcher, *args]
 
 
-def start(nproc: int, overrides: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore"}
+def start(nproc: int, overrides: list[str], log: Path, command: tuple[str, ...] = ("pretrain", str(TINY_CONFIG)),
+          env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+    """``dotsllm *command *overrides`` (pretraining on the tiny config by default), its output in ``log``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_SILENT": "true", "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.Popen(
-        pretrain_command(nproc, overrides), cwd=REPO, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
-        start_new_session=True,
+        dotsllm_command(nproc, [*command, *overrides]), cwd=REPO, env=env, stdout=open(log, "w"),
+        stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
 
 
@@ -43,14 +45,14 @@ def finish(proc: subprocess.Popen, log: Path, timeout_s: float = 240, expect_rc:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        pytest.fail(f"pretrain run timed out after {timeout_s}s:\n{log.read_text()[-5000:]}")
+        pytest.fail(f"run timed out after {timeout_s}s:\n{log.read_text()[-5000:]}")
     if expect_rc is not None and proc.returncode != expect_rc:
-        pytest.fail(f"pretrain run exited {proc.returncode}, expected {expect_rc}:\n{log.read_text()[-5000:]}")
+        pytest.fail(f"run exited {proc.returncode}, expected {expect_rc}:\n{log.read_text()[-5000:]}")
     return proc.returncode
 
 
-def run(nproc: int, overrides: list[str], log: Path, timeout_s: float = 240) -> None:
-    finish(start(nproc, overrides, log), log, timeout_s)
+def run(nproc: int, overrides: list[str], log: Path, timeout_s: float = 240, **options) -> None:
+    finish(start(nproc, overrides, log, **options), log, timeout_s)
 
 
 def wait_for(predicate, proc: subprocess.Popen, log: Path, timeout_s: float = 240, poll_s: float = 0.01) -> None:

@@ -106,7 +106,7 @@ def test_zero_sum_figure_draws_loss_D_and_M(tmp_path):
     [
         ('{"step": 3, "tokens_seen": 3072, "loss": 1.0', ":3: not JSON"),
         ('{"tokens_seen": 3072, "loss": 1.0}', ":3: record without step"),
-        ('{"step": 3, "tokens_seen": 3072}', ":3: record has neither 'loss' nor 'valid_loss' nor 'zsl_D'"),
+        ('{"step": 3, "tokens_seen": 3072}', ":3: record has none of 'loss', 'valid_loss', 'heldout_accuracy', 'zsl_D'"),
         ("[1, 2]", ":3: record without step, tokens_seen"),
     ],
 )

@@ -17,13 +17,15 @@ expert group to run the same number of forwards. Before each forward the data-pa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 
 from dotsllm.inference.sampling import SamplingParams, TokenSampler
 from dotsllm.inference.stages import ModelStages, inference_setting, model_chunks
+from dotsllm.model.routing_replay import RoutingRecorder, moe_routers, routing_action
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,17 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class GenerationResult:
-    """The generated tokens (a stop token included), their log-probs, and why generation ended."""
+    """The generated tokens (a stop token included), their log-probs, and why generation ended.
+
+    ``routing`` (with ``record_routing``): the experts this rank's MoE layers chose for every token fed
+    to the model, prompt and generated tokens but the last, ``[len(prompt) + len(tokens) - 1, layers, k]``
+    (see :mod:`dotsllm.model.routing_replay`).
+    """
 
     tokens: list[int]
     log_probs: list[float]
     finish_reason: Literal["stop", "length"]
+    routing: torch.Tensor | None = field(default=None, compare=False)
 
 
 @torch.no_grad()
@@ -55,6 +63,7 @@ def generate(
     requests: Sequence[GenerationRequest],
     *,
     share_prompt_prefill: bool = True,
+    record_routing: bool = False,
 ) -> list[GenerationResult]:
     """Continue each of this data-parallel rank's ``requests``; every rank of its model-parallel group
     gets the results, in order.
@@ -64,17 +73,25 @@ def generate(
     sequence parallelism and left as it was. Sampling: see :class:`SamplingParams`; each result's
     ``log_probs`` are ``log_softmax(logits / T)`` of its tokens before top-k/top-p filtering (T = 1 when
     greedy), to compare with a training forward. With ``share_prompt_prefill`` equal prompts are
-    prefilled once. Every data-parallel rank must call this, with requests or without.
+    prefilled once. ``record_routing`` returns each result's MoE routing (the model must be built with
+    ``moe_enable_routing_replay``). Every data-parallel rank must call this, with requests or without.
     """
     chunks = model_chunks(model)
-    with inference_setting(chunks):
-        return _StaticBatch(ModelStages(chunks), list(requests), share_prompt_prefill).run()
+    routers = moe_routers(chunks) if record_routing else None
+    with inference_setting(chunks), routing_action(routers, "record") if record_routing else nullcontext():
+        return _StaticBatch(ModelStages(chunks), list(requests), share_prompt_prefill, routers).run()
 
 
 class _StaticBatch:
     """One call of :func:`generate`: the token slots, the KV cache and the rows' progress."""
 
-    def __init__(self, stages: ModelStages, requests: list[GenerationRequest], share_prompt_prefill: bool):
+    def __init__(
+        self,
+        stages: ModelStages,
+        requests: list[GenerationRequest],
+        share_prompt_prefill: bool,
+        routers: list[torch.nn.Module] | None = None,
+    ):
         from megatron.core.inference.contexts import StaticInferenceContext
 
         self.stages = stages
@@ -98,6 +115,7 @@ class _StaticBatch:
             self.prefill_rows = sorted(first_row.values())
             index = {row: i for i, row in enumerate(self.prefill_rows)}
             self.copy_rows = torch.tensor([index[first_row[r.prompt]] for r in requests], device=device)
+        self.recorder = RoutingRecorder(routers, len(requests), self.slots, device) if routers is not None else None
 
     def run(self) -> list[GenerationResult]:
         slot = min(self.lengths, default=0)  # the slot whose token the next forward predicts
@@ -109,9 +127,15 @@ class _StaticBatch:
             self._choose(slot, logits)
             slot += 1
         return [
-            GenerationResult(tokens, log_probs, reason)
-            for tokens, log_probs, reason in zip(self.generated, self.log_probs, self.finished)
+            GenerationResult(tokens, log_probs, reason, self._routing(row))
+            for row, (tokens, log_probs, reason) in enumerate(zip(self.generated, self.log_probs, self.finished))
         ]
+
+    def _routing(self, row: int) -> torch.Tensor | None:
+        """The recorded routing of ``row``'s tokens fed to the model (all but its last)."""
+        if self.recorder is None:
+            return None
+        return self.recorder.row(row, self.lengths[row] + len(self.generated[row]) - 1)
 
     def _positions(self, start: int, end: int, rows: int) -> torch.Tensor:
         return torch.arange(start, end, device=self.stages.device).expand(rows, -1)
@@ -120,9 +144,12 @@ class _StaticBatch:
         """Forward of the prompts' first ``length`` tokens (each distinct prompt once when shared)."""
         rows = self.prefill_rows
         logits = self.stages.forward(self.tokens[rows, :length], self._positions(0, length, len(rows)), self.context)
-        if self.copy_rows is not None and len(rows) < len(self.requests):
+        copied = self.copy_rows is not None and len(rows) < len(self.requests)
+        if copied:
             self.context.swap_key_value_dict(self.copy_rows)  # each row's cache from its prompt's prefill
             logits = logits[self.copy_rows] if logits is not None else None
+        if self.recorder is not None:
+            self.recorder.prefill(length, self.copy_rows if copied else None)
         self.context.increment_sequence_len_offset(length)
         return logits
 
@@ -131,6 +158,8 @@ class _StaticBatch:
         rows = len(self.requests)
         tokens = self.tokens[:, slot : slot + 1]
         logits = self.stages.forward(tokens, self._positions(slot, slot + 1, rows), self.context)
+        if self.recorder is not None:
+            self.recorder.step(slot)
         self.context.increment_sequence_len_offset(1)
         return logits
 

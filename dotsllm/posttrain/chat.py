@@ -42,6 +42,22 @@ class ChatTokenizer(Protocol):
     def special_ids(self, names: Sequence[str]) -> dict[str, int]: ...
 
 
+def messages_from_dicts(turns: Sequence[object]) -> list[Message]:
+    """``{"role", "content"}`` dicts as messages: known roles, string contents, a system message only
+    first, at least one user turn; anything else raises ``ValueError`` naming the message."""
+    messages = []
+    for number, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("content"), str):
+            raise ValueError(f"message {number}: expected {{'role': str, 'content': str}}, got {turn!r}")
+        role = turn.get("role")
+        if role not in ROLES or (role == "system" and number > 0):
+            raise ValueError(f"message {number}: unknown or misplaced role {role!r}")
+        messages.append(Message(role, turn["content"]))
+    if not any(m.role == "user" for m in messages):
+        raise ValueError("no user message")
+    return messages
+
+
 def with_system(messages: Sequence[Message], default_system: str | None = DEFAULT_SYSTEM) -> list[Message]:
     """``messages`` with ``default_system`` in front when they have no system message (None: none added)."""
     messages = list(messages)

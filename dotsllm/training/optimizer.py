@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,17 +28,25 @@ class OptimizerSettings:
 
 
 def build_model_and_optimizer(
-    model_cfg: Dots1ModelConfig, parallel: ParallelConfig, precision: str, settings: "OptimizerSettings"
+    model_cfg: Dots1ModelConfig,
+    parallel: ParallelConfig,
+    precision: str,
+    settings: "OptimizerSettings",
+    config_overrides: dict[str, Any] | None = None,
 ) -> tuple[list[torch.nn.Module], object]:
     """This rank's model chunks (one per virtual pipeline stage) in megatron DDP, the optimizer, and
-    the schedules' hooks (loss scaling, grad finalization)."""
+    the schedules' hooks (loss scaling, grad finalization). ``config_overrides`` go to megatron's
+    ``TransformerConfig`` (e.g. ``moe_enable_routing_replay``)."""
     from dotsllm.training.step import attach_grad_hooks
 
     if precision not in PRECISIONS:
         raise ValueError(f"training.precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     vpp = parallel.vpp or 1
     chunks = [
-        build_model(model_cfg, parallel, params_dtype=PRECISIONS[precision], vp_stage=vp if vpp > 1 else None)
+        build_model(
+            model_cfg, parallel, params_dtype=PRECISIONS[precision], vp_stage=vp if vpp > 1 else None,
+            config_overrides=config_overrides,
+        )  # fmt: skip
         for vp in range(vpp)
     ]
     ddp_chunks = wrap_with_ddp(chunks, settings.use_distributed_optimizer)

@@ -1,11 +1,11 @@
-"""PNG plots of a run's ``metrics.jsonl``: loss and learning rate, the MoE expert load, and the
-zero-sum-learning metrics; and the loss-deceleration fit of ``dotsllm analyze deceleration``."""
+"""PNG plots of a run's ``metrics.jsonl``: loss and learning rate, the MoE expert load, the
+zero-sum-learning metrics, GRPO's rewards; and the loss-deceleration fit of ``dotsllm analyze deceleration``."""
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ class RunMetrics:
     train: list[dict]  # one record per step (the last one logged: a resumed run repeats steps), by step
     valid: list[dict]
     zsl: list[dict]  # records holding zero-sum-learning metrics (train records or their own), by step
+    heldout: list[dict] = field(default_factory=list)  # GRPO's held-out accuracy records, by step
 
 
 def read_metrics(path: str | Path) -> RunMetrics:
@@ -40,7 +41,7 @@ def read_metrics(path: str | Path) -> RunMetrics:
     path = Path(path)
     if not path.is_file():
         raise MetricsFileError(f"{path}: no such metrics file")
-    train, valid, zsl = {}, {}, {}
+    train, valid, zsl, heldout = {}, {}, {}, {}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
@@ -58,11 +59,15 @@ def read_metrics(path: str | Path) -> RunMetrics:
             train[record["step"]] = record
         elif "valid_loss" in record:
             valid[record["step"]] = record
+        elif "heldout_accuracy" in record:
+            heldout[record["step"]] = record
         elif not has_zsl:
-            raise MetricsFileError(f"{path}:{lineno}: record has neither 'loss' nor 'valid_loss' nor '{ZSL_KEYS['D']}'")
+            raise MetricsFileError(
+                f"{path}:{lineno}: record has none of 'loss', 'valid_loss', 'heldout_accuracy', '{ZSL_KEYS['D']}'"
+            )
     if not train:
         raise MetricsFileError(f"{path}: no training records")
-    return RunMetrics(*([part[s] for s in sorted(part)] for part in (train, valid, zsl)))
+    return RunMetrics(*([part[s] for s in sorted(part)] for part in (train, valid, zsl, heldout)))
 
 
 def loss_figure(metrics: RunMetrics) -> Figure:
@@ -161,6 +166,44 @@ def zero_sum_figure(metrics: RunMetrics) -> Figure | None:
     return fig
 
 
+def grpo_figure(metrics: RunMetrics) -> Figure | None:
+    """GRPO's reward curve (mean and each function), rollout and held-out accuracy; KL and entropy;
+    response lengths. None for a run that logged no rewards."""
+    if not any("reward_mean" in r for r in metrics.train):
+        return None
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    reward_ax, policy_ax, length_ax = fig.subplots(3, 1, sharex=True, height_ratios=(3, 1.5, 1.5))
+    steps = _column(metrics.train, "step")
+    reward_ax.plot(steps, _column(metrics.train, "reward_mean"), color="C0", linewidth=1.8, label="reward (weighted sum)")
+    names = sorted({k for r in metrics.train for k in r if k.startswith("reward/")})
+    for i, name in enumerate(names, start=1):
+        reward_ax.plot(steps, _column(metrics.train, name), color=f"C{i}", linewidth=0.9, alpha=0.8, label=name)
+    if metrics.heldout:
+        reward_ax.plot(
+            _column(metrics.heldout, "step"), _column(metrics.heldout, "heldout_accuracy"), "s--", color="C3",
+            markersize=5, label="held-out accuracy (greedy)",
+        )  # fmt: skip
+    reward_ax.set_ylabel("reward / accuracy")
+    last = metrics.heldout[-1]["heldout_accuracy"] if metrics.heldout else None
+    first = metrics.heldout[0]["heldout_accuracy"] if metrics.heldout else None
+    title = "GRPO rewards" + (f" (held-out accuracy {first:.3f} → {last:.3f})" if metrics.heldout else "")
+    reward_ax.set_title(title, loc="left")
+    reward_ax.legend(fontsize="small")
+    for key, color in (("kl", "C4"), ("entropy", "C5")):
+        policy_ax.plot(steps, _column(metrics.train, key), color=color, label=key)
+    policy_ax.set_ylabel("per token")
+    policy_ax.legend(fontsize="small")
+    length_ax.plot(steps, _column(metrics.train, "response_length_mean"), color="C6", label="mean")
+    length_ax.plot(steps, _column(metrics.train, "response_length_max"), ":", color="C6", label="max")
+    length_ax.set_ylabel("response tokens")
+    length_ax.set_xlabel("step")
+    length_ax.legend(fontsize="small")
+    for ax in (reward_ax, policy_ax, length_ax):
+        ax.grid(alpha=0.3)
+    length_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return fig
+
+
 def deceleration_figure(curve: LossCurve, fit: DecelerationFit, budget: float | None = None) -> Figure:
     """Loss and its broken-power-law fit, log-log, with t_d (±1σ) and the projection to the budget."""
     law = fit.law
@@ -201,13 +244,14 @@ def deceleration_figure(curve: LossCurve, fit: DecelerationFit, budget: float | 
 
 def write_plots(run_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
     """Write ``loss.png`` (``expert_load.png`` for MoE runs, ``zero_sum.png`` when the run measured
-    zero-sum learning) to ``out_dir`` (``run_dir/plots``)."""
+    zero-sum learning, ``grpo.png`` for GRPO runs) to ``out_dir`` (``run_dir/plots``)."""
     metrics = read_metrics(Path(run_dir) / METRICS_FILE)
     out = Path(out_dir) if out_dir is not None else Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
     figures = {
-        "loss": loss_figure(metrics), "expert_load": expert_load_figure(metrics), "zero_sum": zero_sum_figure(metrics)
+        "loss": loss_figure(metrics), "expert_load": expert_load_figure(metrics), "zero_sum": zero_sum_figure(metrics),
+        "grpo": grpo_figure(metrics),
     }
     for name, fig in figures.items():
         if fig is not None:

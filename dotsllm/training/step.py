@@ -106,25 +106,17 @@ def evaluate(
 
 
 @torch.no_grad()
-def per_token_losses(
-    ddp_chunks: list[torch.nn.Module],
-    batches: list[dict],
-    micro_batch_size: int,
-    seq_length: int,
-    forward_step: ForwardStep = lm_forward_step,
-) -> list[torch.Tensor]:
-    """The next-token loss of every position of ``batches`` ([b, s] per micro-batch) through
-    ``forward_step``'s model call, on the last pipeline stage (an empty list elsewhere); no gradients,
-    no router statistics, no RNG drawn."""
+def forward_outputs(
+    ddp_chunks: list[torch.nn.Module], batches: list[dict], micro_batch_size: int, seq_length: int, forward_step: ForwardStep
+) -> list:
+    """What ``forward_step``'s loss function returns when called with ``non_loss_data=True``, for each
+    of ``batches``, on the last pipeline stage (an empty list elsewhere). Forward only, in eval mode:
+    no gradients, no router statistics, no RNG drawn."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    def keep_per_token_loss(data_iterator, model):
-        output, _ = forward_step(data_iterator, model)
-        return output, lambda per_token_loss, non_loss_data=True: per_token_loss.float()
 
     with _eval_mode(ddp_chunks):
         return get_forward_backward_func()(
-            forward_step_func=keep_per_token_loss,
+            forward_step_func=forward_step,
             data_iterator=[iter(batches) for _ in ddp_chunks],
             model=ddp_chunks,
             num_microbatches=len(batches),
@@ -133,6 +125,24 @@ def per_token_losses(
             forward_only=True,
             collect_non_loss_data=True,
         )
+
+
+def per_token_losses(
+    ddp_chunks: list[torch.nn.Module],
+    batches: list[dict],
+    micro_batch_size: int,
+    seq_length: int,
+    forward_step: ForwardStep = lm_forward_step,
+) -> list[torch.Tensor]:
+    """The next-token loss of every position of ``batches`` ([b, s] per micro-batch) through
+    ``forward_step``'s model call, on the last pipeline stage (an empty list elsewhere); see
+    :func:`forward_outputs`."""
+
+    def keep_per_token_loss(data_iterator, model):
+        output, _ = forward_step(data_iterator, model)
+        return output, lambda per_token_loss, non_loss_data=True: per_token_loss.float()
+
+    return forward_outputs(ddp_chunks, batches, micro_batch_size, seq_length, keep_per_token_loss)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""GRPO on the megatron-core MoE: rollout, rewards, advantages, losses and the trainer."""

@@ -1,0 +1,108 @@
+"""GRPO's configs, prompts (rendering, malformed records, the draw order) and training rows."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dotsllm.posttrain.chat import ChatTemplate, messages_from_dicts
+from dotsllm.posttrain.grpo.batch import rank_share, select_rows, training_rows
+from dotsllm.posttrain.grpo.config import GRPOConfig
+from dotsllm.posttrain.grpo.prompts import Prompt, PromptSet, PromptSettings
+from dotsllm.posttrain.grpo.rollout import Sample
+
+CONFIGS = Path(__file__).parents[2] / "configs" / "grpo"
+SPECIAL = ["<|system|>", "<|endofsystem|>", "<|userprompt|>", "<|endofuserprompt|>", "<|response|>", "<|endofresponse|>"]
+
+
+class CharTokenizer:
+    """One id per character; the chat tokens above 1000."""
+
+    def special_ids(self, names):
+        return {name: 1000 + SPECIAL.index(name) for name in names}
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+
+def test_configs_load_and_bad_values_are_named():
+    tiny = GRPOConfig.load(CONFIGS / "dots1-tiny.yaml")
+    assert tiny.max_prompt_tokens == 96 and tiny.moe.router_replay and tiny.moe.expert_bias_update_rate == 0
+    big = GRPOConfig.load(CONFIGS / "dots1-142b.yaml", ["tokenizer=tok.model"])
+    assert (big.parallel.tp, big.parallel.pp, big.parallel.ep) == (8, 2, 16)
+    assert big.rollout.group_size * big.rollout.prompts_per_step == 512 and big.objective.clip_high == 0.28
+    for override, message in [
+        ("objective.aggregation=mean", "aggregation must be one of"),
+        ("objective.dual_clip=0.5", "dual_clip must be > 1"),
+        ("training.seq_length=32", r"training.seq_length \(32\) must exceed rollout.max_new_tokens \(32\)"),
+        ("rewards.accuracy=nope", "rewards.accuracy is 'nope'"),
+        ("rollout.backend=vllm", "rollout.backend 'vllm' is not one of"),
+        ("advantages.scale=std", "advantages.scale must be one of"),
+        ("rollout.temperature=0", "temperature must be > 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            GRPOConfig.load(CONFIGS / "dots1-tiny.yaml", [override])
+    with pytest.raises(ValueError, match="tokenizer: name the tokenizer"):
+        GRPOConfig.load(CONFIGS / "dots1-142b.yaml")
+
+
+def render_generation_prompt(turns, tok, system="You are a helpful assistant."):
+    return ChatTemplate(tok, system).generation_prompt(messages_from_dicts(turns))
+
+
+def test_generation_prompt_renders_the_dots_template():
+    tok = CharTokenizer()
+    ids = render_generation_prompt([{"role": "user", "content": "hi"}], tok)
+    assert ids == [1000, *map(ord, "You are a helpful assistant."), 1001, 1002, *map(ord, "hi"), 1003, 1004]
+    turns = [{"role": "system", "content": "S"}, {"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+             {"role": "user", "content": "c"}]  # fmt: skip
+    assert render_generation_prompt(turns, tok) == [1000, 83, 1001, 1002, 97, 1003, 1004, 98, 1005, 1002, 99, 1003, 1004]
+    assert render_generation_prompt([{"role": "user", "content": "a"}], tok, system=None) == [1002, 97, 1003, 1004]
+    for bad in ([{"role": "robot", "content": "a"}], [{"role": "user"}], [{"role": "assistant", "content": "a"}]):
+        with pytest.raises(ValueError):
+            render_generation_prompt(bad, tok)
+
+
+def test_prompt_records_and_their_draw_order(tmp_path):
+    lines = [json.dumps({"prompt": f"q{i}", "answer": str(i)}) for i in range(5)]
+    lines += ["oops", json.dumps({"prompt": "x" * 50}), json.dumps({"prompt": [{"role": "user", "content": "m"}], "k": 1})]
+    (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+    prompts = PromptSet(PromptSettings(path=str(tmp_path / "p.jsonl"), system=None), CharTokenizer(), 20, seed=3)
+    assert len(prompts) == 6 and prompts.error_counts == {"not JSON": 1, "too long": 1}
+    assert prompts.prompts[5].fields == {"k": 1} and prompts.prompts[0].fields == {"answer": "0"}
+    first, second = [[prompts.draw(i).source for i in range(e * 6, e * 6 + 6)] for e in (0, 1)]
+    assert sorted(first) == sorted(second) == sorted(p.source for p in prompts.prompts) and first != second
+    again = PromptSet(PromptSettings(path=str(tmp_path / "p.jsonl"), system=None), CharTokenizer(), 20, seed=3)
+    stream = again.microbatches(4)  # a resumed run: the same draws from where it stopped
+    assert [next(stream)[1].source for _ in range(5)] == first[4:] + second[:3]
+
+
+def test_prompt_records_from_a_datasets_folder(tmp_path):
+    import datasets
+
+    records = {"prompt": ["q1", "", "q3"], "answer": ["1", "2", "3"]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(records)}).save_to_disk(str(tmp_path / "ds"))
+    prompts = PromptSet(PromptSettings(path=str(tmp_path / "ds"), system=None), CharTokenizer(), 20, seed=0)
+    assert [(p.text, p.fields, p.source) for p in prompts.prompts] == [
+        ("q1", {"answer": "1"}, f"{tmp_path / 'ds'}[0]"), ("q3", {"answer": "3"}, f"{tmp_path / 'ds'}[2]")
+    ]
+    assert prompts.error_counts == {"bad prompt": 1}
+
+
+def test_training_rows_and_data_parallel_shares():
+    def sample(prompt, response, routing=None):
+        return Sample(0, Prompt(tuple(prompt), "", {}, ""), response, [-0.5] * len(response), False, routing)
+
+    rows = training_rows([sample([5, 6, 7], [8, 9]), sample([4], [3, 2, 1])], seq_length=6, max_new_tokens=3)
+    assert rows["tokens"].tolist() == [[5, 6, 7, 8, 9, 0], [4, 3, 2, 1, 0, 0]]
+    assert rows["response_start"].tolist() == [2, 0]  # the positions predicting each first response token
+    assert rows["response_tokens"].tolist() == [[8, 9, 0], [3, 2, 1]]
+    assert rows["response_mask"].tolist() == [[True, True, False], [True, True, True]]
+    routed = training_rows([sample([5, 6], [7, 8], torch.full((3, 2, 2), 7, dtype=torch.int16))], 5, 3)["routing"]
+    assert routed[0, :, 0].tolist() == [[7, 7], [7, 7], [7, 7], [0, 1], [0, 1]]  # unrecorded positions: experts 0..k-1
+    assert [rank_share(5, r, 2, 2) for r in (0, 1)] == [[0, 1, 2, 3], [4, None, None, None]]
+    padded = select_rows(rows, [1, None])
+    assert padded["tokens"][1].tolist() == [0] * 6 and not padded["response_mask"][1].any()
+    with pytest.raises(ValueError, match="do not fit a row of 4"):
+        training_rows([sample([1, 2, 3], [4, 5])], seq_length=4, max_new_tokens=3)

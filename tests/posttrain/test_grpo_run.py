@@ -1,0 +1,159 @@
+"""``dotsllm grpo`` end to end on dots1-tiny (fp32, CPU): a run whose reward functions raise, hang and
+return NaN finishes, counting them; a killed run resumes bit-identically; TP=2 and EP=2 runs give the
+single process's rollouts and losses."""
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from pretrain_runs import finish, metrics, run, start, wait_for
+
+GRPO_CONFIG = Path(__file__).parents[2] / "configs" / "grpo" / "dots1-tiny.yaml"
+GROUP = 4
+FAULTS = {2: "raise", 5: "hang", 9: "nan"}  # train records whose rewards fail
+MALFORMED = [
+    "{not json",
+    json.dumps({"answer": "3"}),
+    json.dumps({"prompt": 5, "answer": "3"}),
+    json.dumps({"prompt": [{"role": "robot", "content": "hi"}], "answer": "3"}),
+    json.dumps({"prompt": "What is " + "one plus " * 30 + "one?", "answer": "31"}),
+    "[1, 2]",
+]
+STEPS = 4
+COMPARED = ("reward_mean", "reward/by_field", "reward/parity", "rollout_checksum", "groups_kept", "loss", "pg_loss",
+            "kl", "entropy", "grad_norm", "advantage_std", "logprob_mismatch_max")  # fmt: skip
+
+
+def problem(i: int) -> dict:
+    a, b = i % 7 + 1, i % 5 + 2
+    return {"prompt": f"What is {a} plus {b}?", "answer": str(a + b)}
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory, megatron_world):
+    """Prompt files (12 train records, 3 with faults, and malformed lines), a tokenizer with the chat
+    tokens, and a dots1-tiny checkpoint to start from."""
+    import dataclasses
+
+    import torch
+
+    from dotsllm.model import Dots1ModelConfig
+    from dotsllm.model.builder import build_model
+    from dotsllm.tokenizer import train_sentencepiece
+    from dotsllm.training.checkpoint import write_checkpoint
+    from dotsllm.training.checkpoint_state import CheckpointMeta
+
+    root = tmp_path_factory.mktemp("grpo_task")
+    records = [{**problem(i), **({"fault": FAULTS[i]} if i in FAULTS else {})} for i in range(12)]
+    lines = [json.dumps(r) for r in records]
+    lines[4:4] = MALFORMED
+    (root / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "heldout.jsonl").write_text("".join(json.dumps(problem(i)) + "\n" for i in range(20, 24)))
+    texts = [problem(i)["prompt"] + f" The answer is {i}." for i in range(200)]
+    tokenizer = train_sentencepiece(texts, str(root / "sp"), vocab_size=300, threads=1)
+    torch.manual_seed(0)
+    cfg = Dots1ModelConfig.from_preset("dots1-tiny")
+    model = build_model(cfg, backend="local")
+    meta = CheckpointMeta(kind="imported", step=0, tokens_seen=0, model=dataclasses.asdict(cfg), trainer="import")
+    write_checkpoint(root / "start", {"model": model.sharded_state_dict()}, meta.as_dict())
+    return root, tokenizer
+
+
+def overrides(task, run_dir, *extra):
+    root, tokenizer = task
+    return [
+        f"run_dir={run_dir}", f"tokenizer={tokenizer}", f"checkpoint.load_from={root / 'start'}",
+        "checkpoint.save_every_steps=2", "checkpoint.keep_last=2",
+        f"prompts.path={root / 'train.jsonl'}", "prompts.system=null", f"eval.path={root / 'heldout.jsonl'}",
+        "eval.interval=0", "eval.samples=0",
+        f"training.steps={STEPS}", "training.seq_length=32", "training.micro_batch_size=4",
+        f"rollout.group_size={GROUP}", "rollout.prompts_per_step=3", "rollout.max_new_tokens=8",
+        "rewards.functions=[{function: 'faulty_rewards:by_field'}, {function: 'faulty_rewards:parity', weight: 0.5}, "
+        "{function: math_accuracy}]",
+        "rewards.accuracy=math_accuracy", "rewards.timeout_s=1", "rewards.workers=2",
+        "updates.mini_batches=2", "dynamic_sampling.max_tries=2", "objective.kl_beta=0.05",
+        "optimizer.lr=1e-3", "lr_schedule.peak_lr=1e-3", "logging.wandb_mode=disabled", *extra,
+    ]  # fmt: skip
+
+
+RUN_ENV = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
+
+
+def grpo(nproc, task, run_dir, *extra, timeout_s=300):
+    run(nproc, overrides(task, run_dir, *extra), run_dir.parent / f"{run_dir.name}.log", timeout_s=timeout_s,
+        command=("grpo", str(GRPO_CONFIG)), env=RUN_ENV)  # fmt: skip
+
+
+def step_records(run_dir: Path) -> dict[int, dict]:
+    """The last record of each step (a resumed run logs the steps after its checkpoint again)."""
+    return {r["step"]: r for r in metrics(run_dir) if "reward_mean" in r}
+
+
+@pytest.fixture(scope="module")
+def reference(task, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("runs") / "reference"
+    grpo(1, task, run_dir)
+    return run_dir
+
+
+def test_faulty_rewards_are_counted_and_the_run_finishes(reference):
+    records = step_records(reference)
+    assert sorted(records) == list(range(1, STEPS + 1))
+    failures = {kind: sum(r["reward_failures"]["by_field"][kind] for r in records.values()) for kind in ("errors", "timeouts", "nonfinite")}
+    # every record is drawn (12 prompts, >= 12 draws), each fault fails all G samples of its group
+    assert all(count >= GROUP and count % GROUP == 0 for count in failures.values()), failures
+    assert sum(r["reward_failed_samples"] for r in records.values()) == sum(failures.values())
+    assert records[STEPS]["reward_failures_total"] == sum(failures.values())
+    assert all(r["reward_failures"]["parity"] == {"errors": 0, "timeouts": 0, "nonfinite": 0} for r in records.values())
+    for r in records.values():
+        assert r["updates"] == 2 and r["updates_applied"] == 2  # two mini-batches
+        assert r["first_update_ratio_dev"] == 0.0  # old log-probs = the first update's own: ρ = 1 exactly
+        assert r["logprob_mismatch_max"] < 1e-5  # router replay: the training forward sees the rollout's experts
+        # dynamic sampling: every group with unequal rewards is kept, the others dropped and redrawn
+        assert r["groups_kept"] == r["groups_drawn"] - round(r["zero_variance_share"] * r["groups_drawn"])
+        assert r["groups_kept"] == 3 or r["rollout_tries"] == 2
+        assert r["samples_trained"] == GROUP * r["groups_kept"] and r["kl"] >= 0
+        assert r["expert_bias_update_rate"] == 0.0 and r["router_replay"] is True
+    assert records[STEPS]["kl"] > 0  # the policy moved away from the reference
+    heldout = [r for r in metrics(reference) if "heldout_accuracy" in r]
+    assert [(r["step"], r["heldout_samples"]) for r in heldout] == [(0, 4), (STEPS, 4)]
+    errors = [json.loads(line) for line in (reference / "prompt_errors.jsonl").read_text().splitlines()]
+    assert [e["reason"].split(":")[0] for e in errors] == ["not JSON", "no prompt", "bad prompt", "bad messages", "too long", "not an object"]
+    assert [int(e["source"].rsplit(":", 1)[1]) for e in errors] == [5, 6, 7, 8, 9, 10]
+    assert (reference / "plots" / "grpo.png").is_file()
+    meta = json.loads((reference / "checkpoints" / f"step_{STEPS:08d}" / "dotsllm.json").read_text())
+    assert meta["trainer"] == "grpo" and meta["train_state"]["consumed_samples"] >= 12
+
+
+def test_killed_run_resumes_bit_identically(task, reference, tmp_path):
+    run_dir = tmp_path / "killed"
+    log = tmp_path / "killed.log"
+    proc = start(1, overrides(task, run_dir), log, command=("grpo", str(GRPO_CONFIG)), env=RUN_ENV)
+    wait_for(lambda: max(step_records(run_dir), default=0) >= 3, proc, log, timeout_s=300)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    grpo(1, task, run_dir)
+    assert [r["step"] for r in metrics(run_dir) if "reward_mean" in r].count(3) == 2  # step 3 ran again
+    got, want = step_records(run_dir), step_records(reference)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step in want:
+        for key in COMPARED:
+            assert got[step][key] == want[step][key], f"step {step}: {key}"
+
+
+LAYOUTS = {"tp2": ["parallel.tp=2", "parallel.etp=2"], "ep2": ["parallel.ep=2"]}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_parallel_layout_gives_the_single_process_rollouts_and_losses(task, reference, tmp_path, layout):
+    grpo(2, task, tmp_path / layout, *LAYOUTS[layout], "training.steps=2", "eval.path=null")
+    got, want = step_records(tmp_path / layout), step_records(reference)
+    assert sorted(got) == [1, 2]
+    for step in (1, 2):
+        for key in ("rollout_checksum", "reward_mean", "reward/by_field", "reward/parity", "groups_kept"):
+            assert got[step][key] == want[step][key], f"step {step}: {key}"
+        for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
+            assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), f"step {step}: {key}"
