@@ -25,9 +25,9 @@ import torch
 from dotsllm.inference import GenerationRequest, SamplingParams, data_parallel_share, generate_data_parallel
 from dotsllm.model import Dots1ModelConfig
 from dotsllm.model.routing_replay import moe_routers, routing_action
+from dotsllm.posttrain.chat import END_RESPONSE
 from dotsllm.posttrain.grpo import batch as rows_of
 from dotsllm.posttrain.grpo.advantages import group_advantages
-from dotsllm.posttrain.chat import END_RESPONSE
 from dotsllm.posttrain.grpo.config import GRPOConfig
 from dotsllm.posttrain.grpo.losses import sequence_weights
 from dotsllm.posttrain.grpo.policy_forward import PolicyForward
