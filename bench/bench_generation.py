@@ -12,7 +12,6 @@ Times are the best of ``--repeats``: wall time on CUDA, CPU time of the process 
 """
 
 import argparse
-import time
 
 import torch
 from rich.console import Console
@@ -22,22 +21,9 @@ from dotsllm.inference import GenerationRequest, SamplingParams, generate
 from dotsllm.model import Dots1ModelConfig, ParallelConfig
 from dotsllm.model.builder import build_model
 from dotsllm.parallel.setup import init_distributed
+from timing import best_time
 
 
-def best_time(fn, repeats: int):
-    """Best of ``repeats`` runs of ``fn``: wall seconds on CUDA, process (CPU) seconds on CPU, where other
-    processes on a shared machine would otherwise swamp the measurement."""
-    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = clock()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, clock() - start)
-    return best, result
 
 
 @torch.no_grad()

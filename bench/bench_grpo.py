@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import statistics
 import tempfile
-import time
 
 import torch
 from rich.console import Console
@@ -25,22 +24,9 @@ from rich.table import Table
 from dotsllm.posttrain.grpo.config import GRPOConfig
 from dotsllm.posttrain.grpo.rollout import BuiltinRollout, rollout
 from dotsllm.posttrain.grpo.trainer import GRPOTrainer
+from timing import best_time
 
 PHASES = (("rollout", "rollout_s"), ("rewards", "reward_s"), ("log-prob pass", "logprob_s"), ("updates", "update_s"))
-
-
-def best_time(fn, repeats: int):
-    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = clock()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        best = min(best, clock() - start)
-    return best, result
 
 
 def main() -> None:

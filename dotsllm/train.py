@@ -202,6 +202,19 @@ class Trainer:
         self.save_checkpoint("rolling")
         return reason
 
+    def run(self) -> str:
+        """:meth:`train`, then the reason it ended in the log, and :meth:`close` whatever happens."""
+        try:
+            reason = self.train()
+            self.metrics.event(f"done: {reason} at step {self.state.step}")
+        finally:
+            self.close()
+        return reason
+
+    def close(self) -> None:
+        """Release what the trainer holds (the metrics writers; a trainer's override adds its own)."""
+        self.metrics.close()
+
     def end_reason(self) -> str | None:
         if self.tokens_seen >= self.config.training.train_tokens:
             return "token budget reached"
@@ -367,11 +380,5 @@ def _is_logging_rank() -> bool:
 
 
 def main(config_path: str, overrides: list[str]) -> int:
-    config = PretrainConfig.load(config_path, overrides)
-    trainer = Trainer(config)
-    try:
-        reason = trainer.train()
-        trainer.metrics.event(f"done: {reason} at step {trainer.state.step}")
-    finally:
-        trainer.metrics.close()
+    Trainer(PretrainConfig.load(config_path, overrides)).run()
     return 0

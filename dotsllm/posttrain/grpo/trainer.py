@@ -145,6 +145,10 @@ class GRPOTrainer(Trainer):
     def build_zsl_batches(self) -> list:
         return []
 
+    def close(self) -> None:
+        self.rewards.close()
+        super().close()
+
     # ---- the loop -----------------------------------------------------------------------------
 
     @property
@@ -488,12 +492,7 @@ def main(config_path: str, overrides: list[str]) -> int:
 
     config = GRPOConfig.load(config_path, overrides)
     trainer = GRPOTrainer(config)
-    try:
-        reason = trainer.train()
-        trainer.metrics.event(f"done: {reason} at step {trainer.state.step}")
-    finally:
-        trainer.rewards.close()
-        trainer.metrics.close()
+    trainer.run()
     if _is_logging_rank():
         for path in write_plots(config.run_dir):
             trainer.metrics.event(f"plot: {path}")

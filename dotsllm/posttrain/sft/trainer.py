@@ -139,11 +139,5 @@ class SFTTrainer(Trainer):
 
 
 def main(config_path: str, overrides: list[str]) -> int:
-    config = SFTConfig.load(config_path, overrides)
-    trainer = SFTTrainer(config)
-    try:
-        reason = trainer.train()
-        trainer.metrics.event(f"done: {reason} at step {trainer.state.step}")
-    finally:
-        trainer.metrics.close()
+    SFTTrainer(SFTConfig.load(config_path, overrides)).run()
     return 0
