@@ -40,9 +40,12 @@ def test_configs_load_and_bad_values_are_named():
         ("rollout.backend=vllm", "rollout.backend 'vllm' is not one of"),
         ("advantages.scale=std", "advantages.scale must be one of"),
         ("rollout.temperature=0", "temperature must be > 0"),
+        ("training.prefix_grouping=true", r"prefix_grouping needs moe.aux_loss_coeff: 0 .* \(got None and 0.0"),
     ]:
         with pytest.raises(ValueError, match=message):
             GRPOConfig.load(CONFIGS / "dots1-tiny.yaml", [override])
+    grouped = GRPOConfig.load(CONFIGS / "dots1-tiny.yaml", ["training.prefix_grouping=true", "moe.aux_loss_coeff=0"])
+    assert grouped.training.prefix_grouping
     with pytest.raises(ValueError, match="tokenizer: name the tokenizer"):
         GRPOConfig.load(CONFIGS / "dots1-142b.yaml")
 
@@ -96,13 +99,16 @@ def test_training_rows_and_data_parallel_shares():
 
     rows = training_rows([sample([5, 6, 7], [8, 9]), sample([4], [3, 2, 1])], seq_length=6, max_new_tokens=3)
     assert rows["tokens"].tolist() == [[5, 6, 7, 8, 9, 0], [4, 3, 2, 1, 0, 0]]
-    assert rows["response_start"].tolist() == [2, 0]  # the positions predicting each first response token
-    assert rows["response_tokens"].tolist() == [[8, 9, 0], [3, 2, 1]]
-    assert rows["response_mask"].tolist() == [[True, True, False], [True, True, True]]
+    # the positions predicting each response token (past a response: 0, masked)
+    assert rows["logit_index"].tolist() == [[[2, 3, 0]], [[0, 1, 2]]]
+    assert rows["response_tokens"].tolist() == [[[8, 9, 0]], [[3, 2, 1]]]
+    assert rows["response_mask"].tolist() == [[[True, True, False]], [[True, True, True]]]
+    assert rows["position_ids"].tolist() == [list(range(6))] * 2 and rows["sample_index"].tolist() == [[0], [1]]
     routed = training_rows([sample([5, 6], [7, 8], torch.full((3, 2, 2), 7, dtype=torch.int16))], 5, 3)["routing"]
     assert routed[0, :, 0].tolist() == [[7, 7], [7, 7], [7, 7], [0, 1], [0, 1]]  # unrecorded positions: experts 0..k-1
     assert [rank_share(5, r, 2, 2) for r in (0, 1)] == [[0, 1, 2, 3], [4, None, None, None]]
     padded = select_rows(rows, [1, None])
     assert padded["tokens"][1].tolist() == [0] * 6 and not padded["response_mask"][1].any()
-    with pytest.raises(ValueError, match="do not fit a row of 4"):
+    assert padded["sample_index"].tolist() == [[1], [-1]]
+    with pytest.raises(ValueError, match="5 tokens do not fit a row of 4"):
         training_rows([sample([1, 2, 3], [4, 5])], seq_length=4, max_new_tokens=3)

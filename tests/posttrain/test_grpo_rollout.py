@@ -48,7 +48,7 @@ def pass_log_probs(chunks, samples, routers=None):
     context = routing_action(routers, "replay_forward") if routers else torch.no_grad()
     with context:
         outputs = forward_outputs(chunks, micro_batches(rows, MBS), MBS, SEQ, forward.log_probs_step)
-    return torch.cat(outputs)[: len(samples)], rows["response_mask"][: len(samples)], rows["behaviour_log_probs"][: len(samples)]
+    return tuple(t[: len(samples), 0] for t in (torch.cat(outputs), rows["response_mask"], rows["behaviour_log_probs"]))
 
 
 def test_rollout_log_probs_equal_the_log_prob_pass_and_a_seed_reproduces_it(chunks, prompts):

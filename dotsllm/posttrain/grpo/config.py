@@ -41,6 +41,10 @@ class GRPOTrainingSettings:
     seed: int = 1234  # model init, prompt order and every sample's seed derive from it
     precision: str = "bf16"  # bf16 | fp32
     max_nonfinite_steps: int = 10
+    # each prompt encoded once for its group (Prefix Grouper; prefix_grouping.py): one row [P; R1; …; RG]
+    # per group, the same loss and gradients; needs megatron's local layers and the MoE aux loss and
+    # expert-bias updates off
+    prefix_grouping: bool = False
 
 
 @dataclass
@@ -115,6 +119,13 @@ class GRPOConfig:
             raise ValueError(
                 f"training.seq_length ({self.training.seq_length}) must exceed rollout.max_new_tokens "
                 f"({self.rollout.max_new_tokens}): the rest is the prompt budget"
+            )
+        if self.training.prefix_grouping and (self.moe.aux_loss_coeff != 0 or self.moe.expert_bias_update_rate != 0):
+            raise ValueError(
+                "training.prefix_grouping needs moe.aux_loss_coeff: 0 and moe.expert_bias_update_rate: 0 "
+                f"(got {self.moe.aux_loss_coeff} and {self.moe.expert_bias_update_rate}; None is the checkpoint's "
+                "coefficient): a grouped row routes its prompt once, the standard rows G times, so megatron's "
+                "per-row sequence aux loss and expert-load counts would differ (see prefix_grouping.py)"
             )
 
     @property

@@ -44,9 +44,9 @@ def vocab_parallel_entropy(logits: torch.Tensor, temperature: float = 1.0) -> to
     return torch.log(total) - weighted / total
 
 
-def response_layout(per_position: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
-    """``[rows, length, ...]``: the entries of positions ``starts[i] + t`` of ``per_position`` ``[rows, s, ...]``
-    (the positions whose next token is response token t); beyond the row's end, its last position."""
-    device = per_position.device
-    index = (starts[:, None].to(device) + torch.arange(length, device=device)).clamp(max=per_position.shape[1] - 1)
-    return per_position[torch.arange(per_position.shape[0], device=device)[:, None], index]
+def response_layout(per_position: torch.Tensor, logit_index: torch.Tensor) -> torch.Tensor:
+    """``[rows × slots, L, ...]``: for each response (slot) of each row of ``per_position`` ``[rows, s, ...]``,
+    the entries at ``logit_index`` ``[rows, slots, L]`` (the positions whose next token is response token t)."""
+    index = logit_index.to(per_position.device)
+    rows = torch.arange(per_position.shape[0], device=per_position.device)[:, None, None]
+    return per_position[rows, index].flatten(0, 1)

@@ -12,6 +12,8 @@ builder, checkpoints, signals, metrics logger and MoE meters.
 from __future__ import annotations
 
 import dataclasses
+import math
+import resource
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -31,6 +33,7 @@ from dotsllm.posttrain.grpo.advantages import group_advantages
 from dotsllm.posttrain.grpo.config import GRPOConfig
 from dotsllm.posttrain.grpo.losses import sequence_weights
 from dotsllm.posttrain.grpo.policy_forward import PolicyForward
+from dotsllm.posttrain.grpo.prefix_grouping import check_backend
 from dotsllm.posttrain.grpo.prompts import Prompt, PromptSet
 from dotsllm.posttrain.grpo.rewards import FAILURE_KINDS, RewardOutcome, RewardRunner
 from dotsllm.posttrain.grpo.rollout import BACKENDS, Sample, rollout
@@ -79,7 +82,14 @@ class GRPOTrainer(Trainer):
         super().__init__(config)
         self.stop_token = self.tokenizer.special_ids([END_RESPONSE])[END_RESPONSE]
         self.routers = moe_routers(self.model_chunks) if config.moe.router_replay else None
-        self.policy = PolicyForward(config.objective, config.rollout.temperature, self.routers)
+        self.prefix_grouping = config.training.prefix_grouping and config.rollout.group_size > 1
+        if config.training.prefix_grouping and not self.prefix_grouping:
+            self.metrics.event("prefix grouping off: rollout.group_size 1 shares no prompt (standard rows)")
+        if self.prefix_grouping:
+            from dotsllm.model import resolve_backend
+
+            check_backend(resolve_backend())
+        self.policy = PolicyForward(config.objective, config.rollout.temperature, self.routers, self.prefix_grouping)
         self.backend = BACKENDS[config.rollout.backend](self.model_chunks, config.rollout)
         self.rewards = RewardRunner(config.rewards)
         self.reference = None
@@ -89,7 +99,7 @@ class GRPOTrainer(Trainer):
 
             dtype = PRECISIONS[config.training.precision]
             self.reference, _ = load_checkpoint_model(config.checkpoint.load_from, dtype)
-        self.reference_forward = PolicyForward(config.objective, config.rollout.temperature)
+        self.reference_forward = PolicyForward(config.objective, config.rollout.temperature, None, self.prefix_grouping)
         self.heldout: list[Prompt] = []  # the held-out prompts, in file order
         if config.eval.path:
             settings = dataclasses.replace(config.prompts, path=config.eval.path)
@@ -104,7 +114,8 @@ class GRPOTrainer(Trainer):
             )
         self.metrics.event(
             f"MoE during RL: expert-bias update rate {self.model_cfg.moe_router_bias_update_rate}, aux-loss "
-            f"coefficient {self.model_cfg.moe_aux_loss_coeff}, router replay {'on' if self.routers else 'off'}"
+            f"coefficient {self.model_cfg.moe_aux_loss_coeff}, router replay {'on' if self.routers else 'off'}, "
+            f"prefix grouping {'on' if self.prefix_grouping else 'off'}"
         )
 
     # ---- the swappable parts ------------------------------------------------------------------
@@ -279,27 +290,37 @@ class GRPOTrainer(Trainer):
     def update(self, batch: RolloutBatch) -> tuple[list[dict], dict[str, float]]:
         """The log-prob pass, then the updates: mini-batches × epochs against the old log-probs.
 
-        The log-prob pass runs the first epoch's mini-batches as their updates will (the same rows in
-        the same micro-batches), so that the first update reproduces its old log-probs bit for bit.
+        The rows are one sample each, or one group each with prefix grouping (mini-batches then take
+        whole groups). The log-prob pass runs the first epoch's mini-batches as their updates will (the
+        same rows in the same micro-batches), so that the first update reproduces its old log-probs bit
+        for bit. Besides the times, the step logs its peak memory: ``torch.cuda.max_memory_allocated``
+        over the log-prob pass and updates on a GPU, the process's peak resident set so far (getrusage)
+        on a CPU.
         """
         config = self.config
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
-        rows = rows_of.training_rows(batch.samples, config.training.seq_length, config.rollout.max_new_tokens)
-        rows["advantages"] = torch.tensor(batch.advantages, dtype=torch.float32)
+        groups = rows_of.shared_prompt_groups(batch.samples) if self.prefix_grouping else None
+        seq = self.row_length(batch.samples, groups)
+        rows = rows_of.training_rows(batch.samples, seq, config.rollout.max_new_tokens, groups)
+        rows["advantages"] = rows_of.per_slot(torch.tensor(batch.advantages, dtype=torch.float32), rows["sample_index"])
         epochs = [
             [part.tolist() for part in np.array_split(order, config.updates.mini_batches) if len(part)]
             for order in (
-                np.random.default_rng([config.training.seed, self.state.step, epoch]).permutation(len(batch.samples))
+                np.random.default_rng([config.training.seed, self.state.step, epoch]).permutation(len(rows["tokens"]))
                 for epoch in range(config.updates.epochs)
             )
         ]
         with self._replay():
-            rows["old_log_probs"] = self.log_probs(self.model_chunks, self.policy, rows, epochs[0])
+            rows["old_log_probs"] = self.log_probs(self.model_chunks, self.policy, rows, epochs[0], seq)
         if self.reference is not None:
-            rows["ref_log_probs"] = self.log_probs(self.reference, self.reference_forward, rows, epochs[0])
+            rows["ref_log_probs"] = self.log_probs(self.reference, self.reference_forward, rows, epochs[0], seq)
+        _synchronize()
         logprob_s = time.perf_counter() - started
         started = time.perf_counter()
-        results = [self.train_on(rows_of.select_rows(rows, part)) for parts in epochs for part in parts]
+        results = [self.train_on(rows_of.select_rows(rows, part), seq) for parts in epochs for part in parts]
+        _synchronize()
         mask = rows["response_mask"]
         mismatch = (rows["old_log_probs"] - rows["behaviour_log_probs"]).abs()[mask]
         timing = {
@@ -307,18 +328,40 @@ class GRPOTrainer(Trainer):
             "update_s": time.perf_counter() - started,
             "logprob_mismatch_mean": mismatch.mean().item(),
             "logprob_mismatch_max": mismatch.max().item(),
+            "prefix_grouping": self.prefix_grouping,
+            "training_rows": len(rows["tokens"]),
+            "row_length": seq,
+            **peak_memory(),
         }
         return results, timing
 
-    def log_probs(
-        self, chunks: list[torch.nn.Module], forward: PolicyForward, rows: dict[str, torch.Tensor],
-        parts: list[list[int]],
-    ) -> torch.Tensor:  # fmt: skip
-        """Response log-probs ``[rows, max_new_tokens]`` of ``chunks``' forward, on every rank; the rows
-        are run a mini-batch (``parts``: their indices) at a time, split as :meth:`train_on` splits them."""
+    @property
+    def rows_per_micro_batch(self) -> int:
+        """``training.micro_batch_size`` counts responses: a prefix-grouped micro-batch holds that many
+        responses' worth of groups (at least one)."""
+        mbs = self.config.training.micro_batch_size
+        return max(1, mbs // self.config.rollout.group_size) if self.prefix_grouping else mbs
+
+    def row_length(self, samples: list[Sample], groups: list[list[int]] | None) -> int:
+        """``training.seq_length`` for standard rows; for grouped rows the step's longest group, rounded
+        up to a multiple of the TP size (sequence parallelism splits rows into TP parts)."""
+        if groups is None:
+            return self.config.training.seq_length
         from megatron.core import parallel_state
 
-        mbs, seq = self.config.training.micro_batch_size, self.config.training.seq_length
+        multiple = parallel_state.get_tensor_model_parallel_world_size()
+        return math.ceil(max(rows_of.row_tokens(samples, g) for g in groups) / multiple) * multiple
+
+    def log_probs(
+        self, chunks: list[torch.nn.Module], forward: PolicyForward, rows: dict[str, torch.Tensor],
+        parts: list[list[int]], seq: int,
+    ) -> torch.Tensor:  # fmt: skip
+        """Response log-probs ``[rows, slots, max_new_tokens]`` of ``chunks``' forward on rows of length
+        ``seq``, on every rank; the rows are run a mini-batch (``parts``: their indices) at a time, split
+        as :meth:`train_on` splits them."""
+        from megatron.core import parallel_state
+
+        mbs = self.rows_per_micro_batch
         dp = parallel_state.get_data_parallel_world_size()
         values = torch.zeros(rows["response_mask"].shape)
         for part in parts:
@@ -329,7 +372,7 @@ class GRPOTrainer(Trainer):
             if outputs:  # the last pipeline stage
                 local = torch.cat(outputs).float()
             else:
-                local = torch.zeros(len(share), values.shape[1], device=_device())
+                local = torch.zeros(len(share), *values.shape[1:], device=_device())
             if parallel_state.get_pipeline_model_parallel_world_size() > 1:
                 torch.distributed.broadcast(
                     local, src=parallel_state.get_pipeline_model_parallel_last_rank(),
@@ -340,31 +383,33 @@ class GRPOTrainer(Trainer):
             values[part] = torch.cat(gathered)[: len(part)].cpu()
         return values
 
-    def train_on(self, rows: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """One optimizer update on the mini-batch ``rows`` (all ranks hold all of it; each trains its share)."""
+    def train_on(self, rows: dict[str, torch.Tensor], seq: int) -> dict[str, Any]:
+        """One optimizer update on the mini-batch ``rows`` of length ``seq`` (all ranks hold all of it;
+        each trains its share)."""
         from megatron.core import parallel_state
 
         config = self.config
-        mbs, seq = config.training.micro_batch_size, config.training.seq_length
+        mbs = self.rows_per_micro_batch
         mask = rows["response_mask"]
-        rows = {
-            **rows,
-            "weights": sequence_weights(
-                mask, config.objective.aggregation, int(mask.sum()), int((mask.sum(-1) > 0).sum()),
-                config.rollout.max_new_tokens,
-            ),
-        }  # fmt: skip
+        responses = mask.flatten(0, 1)
+        weights = sequence_weights(
+            responses, config.objective.aggregation, int(responses.sum()), int((responses.sum(-1) > 0).sum()),
+            config.rollout.max_new_tokens,
+        )  # fmt: skip
+        rows = {**rows, "weights": weights.view(mask.shape[:2])}
         dp = parallel_state.get_data_parallel_world_size()
         share = rows_of.rank_share(len(mask), parallel_state.get_data_parallel_rank(), dp, mbs)
         local = rows_of.select_rows(rows, share)
         local["loss_scale"] = torch.full((len(share),), float(len(share) * dp * seq))  # the mini-batch's tokens
         batches = self._on_device(rows_of.micro_batches(local, mbs))
+        started = time.perf_counter()
         with self._replay():
             result = train_step(
                 self.model_chunks, self.optimizer, [iter(batches) for _ in self.model_chunks],
                 len(batches), mbs, seq, self.policy.loss_step,
             )  # fmt: skip
-        return {**result, "microbatches": len(batches)}
+        _synchronize()
+        return {**result, "microbatches": len(batches), "train_step_s": time.perf_counter() - started}
 
     def _replay(self):
         return routing_action(self.routers, "replay_forward") if self.routers else nullcontext()
@@ -443,6 +488,7 @@ class GRPOTrainer(Trainer):
             values = [r[name] for r in results if name in r]
             record[name] = float(np.mean(values)) if values else None
         record["updates"] = len(results)
+        record["train_step_s"] = sum(r["train_step_s"] for r in results)  # forward + backward + optimizer
         record["updates_applied"] = sum(r["update_applied"] for r in results)
         record["first_update_ratio_dev"] = results[0]["ratio_dev"] if results else None
         advantages = np.array(batch.advantages) if batch.advantages else np.zeros(1)
@@ -464,6 +510,20 @@ class GRPOTrainer(Trainer):
         record["aux_loss"] = sum(aux.values()) / len(aux) if aux else None
         record["expert_load"] = expert_load
         self.metrics.log(record)
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory() -> dict[str, Any]:
+    """This process's peak memory in GiB and what it measures: the GPU's allocated peak since the last
+    ``torch.cuda.reset_peak_memory_stats``, or on a CPU the peak resident set since the process started."""
+    if torch.cuda.is_available():
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30, "peak_memory_kind": "cuda_max_allocated"}
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"peak_memory_gib": peak_kib / 2**20, "peak_memory_kind": "cpu_max_rss"}
 
 
 def _rollout_checksum(samples: list[Sample]) -> int:
