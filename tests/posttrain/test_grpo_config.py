@@ -112,3 +112,40 @@ def test_training_rows_and_data_parallel_shares():
     assert padded["sample_index"].tolist() == [[1], [-1]]
     with pytest.raises(ValueError, match="5 tokens do not fit a row of 4"):
         training_rows([sample([1, 2, 3], [4, 5])], seq_length=4, max_new_tokens=3)
+
+
+def test_prefix_grouped_rows_mask_and_flops_ratios():
+    from dotsllm.posttrain.grpo.batch import per_slot, shared_prompt_groups
+    from dotsllm.posttrain.grpo.prefix_grouping import (
+        attention_flops_ratio, model_flops_ratio, pointwise_flops_ratio, prefix_group_mask,
+    )  # fmt: skip
+
+    def sample(draw, prompt, response):
+        routing = torch.tensor([[[10 * draw + p]] for p in range(len(prompt) + len(response) - 1)], dtype=torch.int16)
+        return Sample(draw, Prompt(tuple(prompt), "", {}, ""), response, [-0.5] * len(response), False, routing)
+
+    samples = [sample(0, [5, 6], [7, 8, 9]), sample(0, [5, 6], [4]), sample(3, [1], [2, 3]), sample(0, [5, 6], [6])]
+    groups = shared_prompt_groups(samples)
+    assert groups == [[0, 1], [2], [3]]  # runs of one drawn prompt
+    rows = training_rows(samples, seq_length=8, max_new_tokens=3, groups=groups)
+    assert rows["tokens"][0].tolist() == [5, 6, 7, 8, 9, 4, 0, 0]
+    assert rows["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 2, 6, 7]  # each response restarts at len(P)
+    assert rows["segment_ids"][0].tolist() == [0, 0, 1, 1, 1, 2, -1, -1]
+    # token 0 of every response is predicted from the prompt's last position
+    assert rows["logit_index"][0].tolist() == [[1, 2, 3], [1, 0, 0]]
+    assert rows["response_tokens"][0].tolist() == [[7, 8, 9], [4, 0, 0]]
+    assert rows["sample_index"].tolist() == [[0, 1], [2, -1], [3, -1]]
+    assert not rows["response_mask"][1, 1].any()  # a group of one: an empty slot
+    # the prompt's routing once (the first sample's), then each response's own (not its last token's)
+    assert rows["routing"][0, :, 0, 0].tolist() == [0, 1, 2, 3, 0, 0, 0, 0]
+    assert per_slot(torch.tensor([1.0, 2.0, 3.0, 4.0]), rows["sample_index"]).tolist() == [[1, 2], [3, 0], [4, 0]]
+    allowed = ~prefix_group_mask(rows["segment_ids"][:1])[0, 0]
+    assert allowed[5].tolist() == [True, True, False, False, False, True, False, False]  # R2: P and itself
+    assert allowed[4].tolist() == [True] * 5 + [False] * 3  # R1's last token: P and R1, causally
+    assert allowed[1].tolist() == [True, True] + [False] * 6
+    with pytest.raises(ValueError, match="do not share one prompt"):
+        training_rows(samples, 8, 3, groups=[[0, 2]])
+    assert attention_flops_ratio(16, 1, 8) == pytest.approx((256 + 8 * 33) / (8 * 289))
+    assert pointwise_flops_ratio(16, 1, 8) == pytest.approx(24 / 136)
+    assert attention_flops_ratio(5, 3, 1) == pointwise_flops_ratio(5, 3, 1) == model_flops_ratio(10, 2, 4, 5, 3, 1) == 1
+    assert model_flops_ratio(10**9, 1, 1, 16, 1, 8) == pytest.approx(24 / 136, rel=1e-6)  # matmuls dominate
