@@ -157,3 +157,23 @@ def test_parallel_layout_gives_the_single_process_rollouts_and_losses(task, refe
             assert got[step][key] == want[step][key], f"step {step}: {key}"
         for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
             assert got[step][key] == pytest.approx(want[step][key], rel=1e-5, abs=1e-7), f"step {step}: {key}"
+
+
+def test_prefix_grouping_gives_the_standard_steps(task, tmp_path):
+    """``training.prefix_grouping`` (each group one row, its prompt encoded once) runs the same steps:
+    the same rollouts and rewards, and losses, KL (the reference forward is grouped too), entropy and
+    grad norms to float tolerance; it logs its rows, peak memory and train-step time."""
+    common = ("training.steps=2", "eval.path=null", "updates.mini_batches=1", "moe.aux_loss_coeff=0")
+    grpo(1, task, tmp_path / "standard", *common)
+    grpo(1, task, tmp_path / "grouped", *common, "training.prefix_grouping=true")
+    standard, grouped = step_records(tmp_path / "standard"), step_records(tmp_path / "grouped")
+    assert sorted(standard) == sorted(grouped) == [1, 2]
+    for step in (1, 2):
+        want, got = standard[step], grouped[step]
+        for key in ("rollout_checksum", "reward_mean", "groups_kept", "samples_trained"):
+            assert got[key] == want[key], f"step {step}: {key}"
+        for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm", "logprob_mismatch_max"):
+            assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), f"step {step}: {key}"
+        assert (want["prefix_grouping"], got["prefix_grouping"]) == (False, True)
+        assert (want["training_rows"], got["training_rows"]) == (want["samples_trained"], got["groups_kept"])
+        assert got["peak_memory_kind"] == "cpu_max_rss" and got["peak_memory_gib"] > 0 and got["train_step_s"] > 0
