@@ -21,7 +21,6 @@ override the model preset (e.g. ``hidden_size=256``).
 """
 
 import argparse
-import time
 from functools import partial
 
 import torch
@@ -39,6 +38,7 @@ from dotsllm.posttrain.grpo.prefix_grouping import attention_flops_ratio, model_
 from dotsllm.posttrain.grpo.prompts import Prompt
 from dotsllm.posttrain.grpo.rollout import Sample
 from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
+from timing import best_time
 
 GROUP_SIZES = (2, 4, 8, 16)
 SHAPES = ((64, 128), (256, 64), (256, 16))  # (Lp, Lr): Lp/Lr = 0.5, 4, 16
@@ -100,21 +100,6 @@ def forward_backward(chunks, forward: PolicyForward, rows: dict[str, torch.Tenso
     return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else saved.bytes
 
 
-def best(fn, repeats: int) -> tuple[float, int]:
-    """Best time of ``repeats`` calls (CPU time of the process on a CPU, wall on CUDA) and the last result."""
-    clock = time.perf_counter if torch.cuda.is_available() else time.process_time
-    fastest, result = float("inf"), 0
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = clock()
-        result = fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        fastest = min(fastest, clock() - start)
-    return fastest, result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="dots1-tiny")
@@ -145,7 +130,7 @@ def main() -> None:
             for grouped in (False, True):
                 rows, seq = group_rows(cfg.vocab_size, lp, lr, g, grouped)
                 forward = PolicyForward(LossSettings(), 1.0, prefix_grouping=grouped)
-                measured[grouped] = best(partial(forward_backward, chunks, forward, rows, seq), args.repeats)
+                measured[grouped] = best_time(partial(forward_backward, chunks, forward, rows, seq), args.repeats)
             (std_s, std_mem), (grp_s, grp_mem) = measured[False], measured[True]
             model = model_flops_ratio(matmul, cfg.num_layers, width, lp, lr, g)
             table.add_row(
