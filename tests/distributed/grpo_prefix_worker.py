@@ -2,14 +2,14 @@
 exactness WORKDIR LAYOUT...`` under torchrun (one process is tests/distributed/test_grpo_prefix.py's
 in-process case).
 
-The batch: dots1-tiny (fp32, MoE, router replay of a synthetic routing), groups of G = 4 (and one of 2,
-as dynamic sampling may leave) with prompts of 5-17 tokens and responses of 1-10, standard rows padded
+The batch: dots1-tiny (fp32, MoE, router replay of a synthetic routing), groups of G = 4 and one of 2
+(a row holds any number of responses) with prompts of 5-17 tokens and responses of 1-10, standard rows padded
 to 32. Two copies of the same weights each take one GRPO update (``GRPOTrainer.update``: the log-prob
 pass, then the update against it), one on standard rows and one on grouped rows. Written per layout and
 rank: the largest difference of the old log-probs, of the loss, of every gradient, of every weight after
 the update and of its change (each relative to the tensor's largest value; Adam divides each gradient
-element by its own size, so the changes of elements whose gradient is ~eps amplify float noise). The sequence aux loss and the expert-bias updates are off,
-as grouping requires.
+element by its own size, so the changes of elements whose gradient is ~eps amplify float noise). The
+sequence aux loss and the expert-bias updates are off, as grouping requires.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def log_probs(grpo, rows: dict[str, torch.Tensor], seq: int, count: int) -> tupl
     return per_sample(values, rows["sample_index"], count), mask
 
 
-def log_prob_difference(standard: tuple[torch.Tensor, torch.Tensor], grouped: tuple[torch.Tensor, torch.Tensor]) -> float:
+def log_prob_difference(standard: tuple[torch.Tensor, ...], grouped: tuple[torch.Tensor, ...]) -> float:
     """The largest |Δ log-prob| over response tokens; infinite when the two mark different tokens."""
     (values, mask), (other_values, other_mask) = standard, grouped
     if not torch.equal(mask, other_mask):
@@ -126,7 +126,9 @@ def log_prob_difference(standard: tuple[torch.Tensor, torch.Tensor], grouped: tu
 def build(cfg: Dots1ModelConfig, layout: ParallelConfig, weights_from=None):
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
-    settings = OptimizerSettings(lr=1e-3, weight_decay=0.0, clip_grad=0.0, adam_eps=1e-3, use_distributed_optimizer=False)
+    settings = OptimizerSettings(
+        lr=1e-3, weight_decay=0.0, clip_grad=0.0, adam_eps=1e-3, use_distributed_optimizer=False
+    )  # no clipping: the two updates are compared
     chunks, optimizer = build_model_and_optimizer(cfg, layout, "fp32", settings, {"moe_enable_routing_replay": True})
     if weights_from is not None:
         for module, source in zip(modules(chunks), modules(weights_from)):

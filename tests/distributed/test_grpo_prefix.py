@@ -60,7 +60,8 @@ def test_the_comparison_catches_broken_grouped_rows(megatron_world):
     rows, seq = prefix.rows_for(grouped_trainer, batch, True)
 
     def difference(**changed: torch.Tensor) -> float:
-        return prefix.log_prob_difference(standard, prefix.log_probs(grouped_trainer, {**rows, **changed}, seq, len(batch)))
+        grouped = prefix.log_probs(grouped_trainer, {**rows, **changed}, seq, len(batch))
+        return prefix.log_prob_difference(standard, grouped)
 
     assert difference() < 1e-5
     responses = rows["segment_ids"] > 0

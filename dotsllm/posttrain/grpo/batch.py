@@ -100,7 +100,8 @@ def training_rows(
             rows["response_tokens"][r, slot, : len(response)] = torch.tensor(response, dtype=torch.long)
             rows["response_mask"][r, slot, : len(response)] = True
             rows["behaviour_log_probs"][r, slot, : len(response)] = torch.tensor(samples[i].log_probs)
-            rows["logit_index"][r, slot, : len(response)] = torch.tensor([lp - 1, *range(start, end - 1)])[: len(response)]
+            predictors = [lp - 1, *range(start, end - 1)][: len(response)]  # token 0 from the prompt's last
+            rows["logit_index"][r, slot, : len(response)] = torch.tensor(predictors, dtype=torch.long)
             rows["sample_index"][r, slot] = i
             if routed:
                 rows["routing"][r, start : end - 1] = samples[i].routing[lp:]

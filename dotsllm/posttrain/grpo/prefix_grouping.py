@@ -51,12 +51,14 @@ def check_backend(backend: str) -> None:
 
 
 def attention_flops_ratio(lp: float, lr: float, g: int) -> float:
-    """Grouped over standard causal attention FLOPs (the paper's App. A.2): ``(Lp² + G·Lr(2Lp+Lr)) / (G(Lp+Lr)²)``."""
+    """Grouped over standard causal attention FLOPs (the paper's App. A.2):
+    ``(Lp² + G·Lr(2Lp+Lr)) / (G(Lp+Lr)²)``."""
     return (lp**2 + g * lr * (2 * lp + lr)) / (g * (lp + lr) ** 2)
 
 
 def pointwise_flops_ratio(lp: float, lr: float, g: int) -> float:
-    """Grouped over standard FLOPs of everything per token (projections, MLP/MoE, output layer): ``(Lp+G·Lr) / (G(Lp+Lr))``."""
+    """Grouped over standard FLOPs of everything per token (projections, MLP/MoE, output layer):
+    ``(Lp+G·Lr) / (G(Lp+Lr))``."""
     return (lp + g * lr) / (g * (lp + lr))
 
 
