@@ -117,7 +117,7 @@ def test_training_rows_and_data_parallel_shares():
 def test_prefix_grouped_rows_mask_and_flops_ratios():
     from dotsllm.posttrain.grpo.batch import per_slot, shared_prompt_groups
     from dotsllm.posttrain.grpo.prefix_grouping import (
-        attention_flops_ratio, model_flops_ratio, pointwise_flops_ratio, prefix_group_mask,
+        attention_flops_ratio, check_backend, model_flops_ratio, pointwise_flops_ratio, prefix_group_mask,
     )  # fmt: skip
 
     def sample(draw, prompt, response):
@@ -149,3 +149,6 @@ def test_prefix_grouped_rows_mask_and_flops_ratios():
     assert pointwise_flops_ratio(16, 1, 8) == pytest.approx(24 / 136)
     assert attention_flops_ratio(5, 3, 1) == pointwise_flops_ratio(5, 3, 1) == model_flops_ratio(10, 2, 4, 5, 3, 1) == 1
     assert model_flops_ratio(10**9, 1, 1, 16, 1, 8) == pytest.approx(24 / 136, rel=1e-6)  # matmuls dominate
+    check_backend("local")
+    with pytest.raises(ValueError, match="with Transformer Engine it is not implemented"):
+        check_backend("te")

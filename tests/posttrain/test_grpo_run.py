@@ -162,7 +162,8 @@ def test_parallel_layout_gives_the_single_process_rollouts_and_losses(task, refe
 def test_prefix_grouping_gives_the_standard_steps(task, tmp_path):
     """``training.prefix_grouping`` (each group one row, its prompt encoded once) runs the same steps:
     the same rollouts and rewards, and losses, KL (the reference forward is grouped too), entropy and
-    grad norms to float tolerance; it logs its rows, peak memory and train-step time."""
+    grad norms to float tolerance; it logs its rows, peak memory and train-step time. With G = 1 it is
+    switched off, and the run says so."""
     common = ("training.steps=2", "eval.path=null", "updates.mini_batches=1", "moe.aux_loss_coeff=0")
     grpo(1, task, tmp_path / "standard", *common)
     grpo(1, task, tmp_path / "grouped", *common, "training.prefix_grouping=true")
@@ -177,3 +178,6 @@ def test_prefix_grouping_gives_the_standard_steps(task, tmp_path):
         assert (want["prefix_grouping"], got["prefix_grouping"]) == (False, True)
         assert (want["training_rows"], got["training_rows"]) == (want["samples_trained"], got["groups_kept"])
         assert got["peak_memory_kind"] == "cpu_max_rss" and got["peak_memory_gib"] > 0 and got["train_step_s"] > 0
+    grpo(1, task, tmp_path / "single", "training.steps=1", "eval.path=null", "rollout.group_size=1",
+         "moe.aux_loss_coeff=0", "training.prefix_grouping=true")  # fmt: skip
+    assert "prefix grouping off: rollout.group_size 1 shares no prompt" in (tmp_path / "single.log").read_text()
