@@ -11,10 +11,12 @@ explicit boolean mask ``[b, 1, s, s]`` (:func:`prefix_group_mask`), which the lo
 With Transformer Engine grouping is refused (:func:`check_backend`): megatron's ``SelfAttention`` gives
 TE one token stream for queries and keys, and THD packing (``cu_seqlens_q``/``cu_seqlens_kv``) gives
 each query segment one *contiguous* key range, while a response needs ``[K_P; K_Ri]``, which is not
-contiguous in ``[P; R1; …; RG]`` for i > 1. Expressing it needs a core-attention module of our own
-(the paper's two calls: prefix self-attention, then each response over ``[K_P; K_Ri]`` with K_P
-repeated per response) in place of megatron's ``TEDotProductAttention``; without a GPU to run it,
-that would be unverified code, so it is not here.
+contiguous in ``[P; R1; …; RG]`` for i > 1. One THD call could still express it over a *gathered*
+key/value stream ``[P][P; R1][P; R2]…`` (K_P repeated per response, ``cu_seqlens_kv`` over it, query
+segments ``[P][R1][R2]…``, causal aligned bottom-right), but that needs a core-attention module of our
+own in place of megatron's ``TEDotProductAttention`` and RoPE kept on ``position_ids`` (megatron's THD
+RoPE restarts positions per ``cu_seqlens`` segment, wrong for a response that starts at ``len(P)``);
+without a GPU to run it, that would be unverified code, so it is not here.
 
 MoE. A grouped row routes its prompt once where the standard rows route it G times, and megatron's
 sequence aux loss and the tokens-per-expert counts that move the expert bias are per row (padding
