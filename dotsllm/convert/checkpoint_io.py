@@ -115,12 +115,13 @@ def export_checkpoint(
     )
 
 
-def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None):
+def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None, prefix_grouping: bool = False):
     """This rank's model of a checkpoint in the current ``parallel_state`` layout, in eval mode.
 
     Returns ``(chunks, cfg)``: one ``GPTModel`` per virtual pipeline stage (one without VPP), built for
     this rank's TP/PP/EP part; each rank reads only its own shards. A world of one holds the whole
-    model. ``dtype`` defaults to the checkpoint's.
+    model. ``dtype`` defaults to the checkpoint's; ``prefix_grouping`` as
+    :func:`~dotsllm.model.builder.build_model`.
     """
     from megatron.core import dist_checkpointing
 
@@ -131,7 +132,10 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
     dtype = dtype or checkpoint_dtype(ckpt_dir)
     vpp = parallel.vpp or 1
     chunks = [
-        build_model(cfg, parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=NO_INIT)
+        build_model(
+            cfg, parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=NO_INIT,
+            prefix_grouping=prefix_grouping,
+        )  # fmt: skip
         for vp in range(vpp)
     ]
     state = {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}

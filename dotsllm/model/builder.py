@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import dataclasses
+
 import torch
 
 from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
@@ -33,17 +35,21 @@ def build_model(
     params_dtype: torch.dtype = torch.float32,
     vp_stage: int | None = None,
     config_overrides: dict[str, Any] | None = None,
+    prefix_grouping: bool = False,
 ):
     """The part of the dots1 model this rank holds. ``parallel_state`` must be initialized.
 
     The returned ``GPTModel`` (:class:`~dotsllm.model.gpt.Dots1GPTModel`) takes an explicit boolean
     ``attention_mask`` ([b, 1, s, s], True = masked out) and ``position_ids`` ([b, s], which RoPE
-    follows) in its forward: packed sequences and prefix-shared GRPO groups.
+    follows) in its forward: packed sequences. ``prefix_grouping``: its core attention also takes
+    prefix-grouped GRPO rows, a :class:`~dotsllm.model.prefix_grouped_attention.PrefixGroupLayout` as
+    ``attention_mask`` (and is megatron's own otherwise).
     """
     from megatron.core import parallel_state
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
     from dotsllm.model.gpt import Dots1GPTModel
+    from dotsllm.model.prefix_grouped_attention import prefix_grouped_core_attention
 
     parallel = parallel or ParallelConfig()
     chosen = resolve_backend(backend)
@@ -53,6 +59,8 @@ def build_model(
     spec = get_gpt_decoder_block_spec(
         config, use_transformer_engine=chosen == "te", normalization="RMSNorm", vp_stage=vp_stage, pp_rank=pp_rank
     )
+    if prefix_grouping:
+        spec = with_core_attention(spec, prefix_grouped_core_attention(chosen))
     return Dots1GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -61,3 +69,17 @@ def build_model(
         vp_stage=vp_stage,
         **model.gpt_model_kwargs(),
     )
+
+
+def with_core_attention(block_spec, core_attention: type):
+    """A copy of a decoder ``block_spec`` (megatron's ``TransformerBlockSubmodules``) whose layers'
+    self-attention uses ``core_attention``."""
+
+    def layer(spec):
+        attention = spec.submodules.self_attention
+        attention = dataclasses.replace(
+            attention, submodules=dataclasses.replace(attention.submodules, core_attention=core_attention)
+        )
+        return dataclasses.replace(spec, submodules=dataclasses.replace(spec.submodules, self_attention=attention))
+
+    return dataclasses.replace(block_spec, layer_specs=[layer(spec) for spec in block_spec.layer_specs])

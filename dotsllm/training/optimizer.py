@@ -33,10 +33,12 @@ def build_model_and_optimizer(
     precision: str,
     settings: "OptimizerSettings",
     config_overrides: dict[str, Any] | None = None,
+    prefix_grouping: bool = False,
 ) -> tuple[list[torch.nn.Module], object]:
     """This rank's model chunks (one per virtual pipeline stage) in megatron DDP, the optimizer, and
     the schedules' hooks (loss scaling, grad finalization). ``config_overrides`` go to megatron's
-    ``TransformerConfig`` (e.g. ``moe_enable_routing_replay``)."""
+    ``TransformerConfig`` (e.g. ``moe_enable_routing_replay``); ``prefix_grouping`` as
+    :func:`~dotsllm.model.builder.build_model`."""
     from dotsllm.training.step import attach_grad_hooks
 
     if precision not in PRECISIONS:
@@ -45,7 +47,7 @@ def build_model_and_optimizer(
     chunks = [
         build_model(
             model_cfg, parallel, params_dtype=PRECISIONS[precision], vp_stage=vp if vpp > 1 else None,
-            config_overrides=config_overrides,
+            config_overrides=config_overrides, prefix_grouping=prefix_grouping,
         )  # fmt: skip
         for vp in range(vpp)
     ]

@@ -5,7 +5,8 @@ in-process case).
 The batch: dots1-tiny (fp32, MoE, router replay of a synthetic routing), groups of G = 4 and one of 2
 (a row holds any number of responses) with prompts of 5-17 tokens and responses of 1-10, standard rows padded
 to 32. Two copies of the same weights each take one GRPO update (``GRPOTrainer.update``: the log-prob
-pass, then the update against it), one on standard rows and one on grouped rows. Written per layout and
+pass, then the update against it), one on standard rows and one on grouped rows (a model built with
+the prefix-grouped core attention, ``build_model(prefix_grouping=True)``). Written per layout and
 rank: the largest difference of the old log-probs, of the loss, of every gradient, of every weight after
 the update and of its change (each relative to the tensor's largest value; Adam divides each gradient
 element by its own size, so the changes of elements whose gradient is ~eps amplify float noise). The
@@ -86,7 +87,7 @@ def trainer(chunks, optimizer, prefix_grouping: bool):
     )  # fmt: skip
     found = GRPOTrainer.__new__(GRPOTrainer)
     found.config, found.model_chunks, found.optimizer = config, chunks, optimizer
-    found.state, found.reference, found.prefix_grouping = GRPOState(), None, prefix_grouping
+    found.state, found.reference = GRPOState(), None
     found.routers = moe_routers(chunks)
     found.policy = PolicyForward(LossSettings(), 1.0, found.routers, prefix_grouping)
     return found
@@ -123,13 +124,16 @@ def log_prob_difference(standard: tuple[torch.Tensor, ...], grouped: tuple[torch
     return (values - other_values)[mask].abs().max().item()
 
 
-def build(cfg: Dots1ModelConfig, layout: ParallelConfig, weights_from=None):
+def build(cfg: Dots1ModelConfig, layout: ParallelConfig, weights_from=None, prefix_grouping: bool = False):
+    """Model chunks and optimizer; ``prefix_grouping``: with the prefix-grouped core attention."""
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     settings = OptimizerSettings(
         lr=1e-3, weight_decay=0.0, clip_grad=0.0, adam_eps=1e-3, use_distributed_optimizer=False
     )  # no clipping: the two updates are compared
-    chunks, optimizer = build_model_and_optimizer(cfg, layout, "fp32", settings, {"moe_enable_routing_replay": True})
+    chunks, optimizer = build_model_and_optimizer(
+        cfg, layout, "fp32", settings, {"moe_enable_routing_replay": True}, prefix_grouping=prefix_grouping
+    )
     if weights_from is not None:
         for module, source in zip(modules(chunks), modules(weights_from)):
             module.load_state_dict(source.state_dict())
@@ -142,7 +146,7 @@ def exactness_of_layout(layout: ParallelConfig) -> dict:
 
     cfg = model_config()
     standard_chunks, standard_optimizer = build(cfg, layout)
-    grouped_chunks, grouped_optimizer = build(cfg, layout, weights_from=standard_chunks)
+    grouped_chunks, grouped_optimizer = build(cfg, layout, weights_from=standard_chunks, prefix_grouping=True)
     before = [p.detach().clone() for m in modules(standard_chunks) for p in m.parameters()]
     found: dict = {}
     results, grads, deltas = {}, {}, {}

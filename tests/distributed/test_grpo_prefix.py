@@ -53,7 +53,7 @@ def test_the_comparison_catches_broken_grouped_rows(megatron_world):
     from dotsllm.model import ParallelConfig
 
     cfg = prefix.model_config()
-    chunks, optimizer = prefix.build(cfg, ParallelConfig())
+    chunks, optimizer = prefix.build(cfg, ParallelConfig(), prefix_grouping=True)  # standard rows: causal
     standard_trainer, grouped_trainer = (prefix.trainer(chunks, optimizer, grouped) for grouped in (False, True))
     batch = prefix.local_routing(cfg, standard_trainer.routers, prefix.samples(cfg))
     standard = prefix.log_probs(standard_trainer, *prefix.rows_for(standard_trainer, batch, False), len(batch))

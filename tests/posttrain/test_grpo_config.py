@@ -114,11 +114,10 @@ def test_training_rows_and_data_parallel_shares():
         training_rows([sample([1, 2, 3], [4, 5])], seq_length=4, max_new_tokens=3)
 
 
-def test_prefix_grouped_rows_mask_and_flops_ratios():
+def test_prefix_grouped_rows_layout_and_flops_ratios():
+    from dotsllm.model.prefix_grouped_attention import PrefixGroupLayout
     from dotsllm.posttrain.grpo.batch import per_slot, shared_prompt_groups
-    from dotsllm.posttrain.grpo.prefix_grouping import (
-        attention_flops_ratio, check_backend, model_flops_ratio, pointwise_flops_ratio, prefix_group_mask,
-    )  # fmt: skip
+    from dotsllm.posttrain.grpo.prefix_grouping import attention_flops_ratio, model_flops_ratio, pointwise_flops_ratio
 
     def sample(draw, prompt, response):
         routing = torch.tensor([[[10 * draw + p]] for p in range(len(prompt) + len(response) - 1)], dtype=torch.int16)
@@ -139,16 +138,13 @@ def test_prefix_grouped_rows_mask_and_flops_ratios():
     # the prompt's routing once (the first sample's), then each response's own (not its last token's)
     assert rows["routing"][0, :, 0, 0].tolist() == [0, 1, 2, 3, 0, 0, 0, 0]
     assert per_slot(torch.tensor([1.0, 2.0, 3.0, 4.0]), rows["sample_index"]).tolist() == [[1, 2], [3, 0], [4, 0]]
-    allowed = ~prefix_group_mask(rows["segment_ids"][:1])[0, 0]
-    assert allowed[5].tolist() == [True, True, False, False, False, True, False, False]  # R2: P and itself
-    assert allowed[4].tolist() == [True] * 5 + [False] * 3  # R1's last token: P and R1, causally
-    assert allowed[1].tolist() == [True, True] + [False] * 6
+    first, single, _ = PrefixGroupLayout.from_segment_ids(rows["segment_ids"]).rows  # what attention reads
+    assert (first.prompt_length, first.used_length, first.response_positions.tolist()) == (2, 6, [[2, 3, 4], [5, 5, 5]])
+    assert first.response_present.tolist() == [[True] * 3, [True, False, False]]
+    assert (single.prompt_length, single.used_length, single.response_positions.tolist()) == (1, 3, [[1, 2]])
     with pytest.raises(ValueError, match="do not share one prompt"):
         training_rows(samples, 8, 3, groups=[[0, 2]])
     assert attention_flops_ratio(16, 1, 8) == pytest.approx((256 + 8 * 33) / (8 * 289))
     assert pointwise_flops_ratio(16, 1, 8) == pytest.approx(24 / 136)
     assert attention_flops_ratio(5, 3, 1) == pointwise_flops_ratio(5, 3, 1) == model_flops_ratio(10, 2, 4, 5, 3, 1) == 1
     assert model_flops_ratio(10**9, 1, 1, 16, 1, 8) == pytest.approx(24 / 136, rel=1e-6)  # matmuls dominate
-    check_backend("local")
-    with pytest.raises(ValueError, match="with Transformer Engine it is not implemented"):
-        check_backend("te")

@@ -173,8 +173,10 @@ def test_prefix_grouping_gives_the_standard_steps(task, tmp_path):
         want, got = standard[step], grouped[step]
         for key in ("rollout_checksum", "reward_mean", "groups_kept", "samples_trained"):
             assert got[key] == want[key], f"step {step}: {key}"
-        for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm", "logprob_mismatch_max"):
+        for key in ("loss", "pg_loss", "kl", "entropy", "grad_norm"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-7), f"step {step}: {key}"
+        # rollout vs log-prob pass: float noise either way (grouped rows take another attention kernel)
+        assert max(want["logprob_mismatch_max"], got["logprob_mismatch_max"]) < 1e-5, f"step {step}"
         assert (want["prefix_grouping"], got["prefix_grouping"]) == (False, True)
         assert (want["training_rows"], got["training_rows"]) == (want["samples_trained"], got["groups_kept"])
         assert got["peak_memory_kind"] == "cpu_max_rss" and got["peak_memory_gib"] > 0 and got["train_step_s"] > 0

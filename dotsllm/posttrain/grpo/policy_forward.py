@@ -14,8 +14,9 @@ the weight it has in pretraining (1 / (micro-batches × DP)) instead of growing 
 denominator.
 
 Rows are those of :mod:`dotsllm.posttrain.grpo.batch`, standard or prefix-grouped (then each micro-batch
-gets the grouped attention mask); the per-response tensors ``[b, slots, L]`` are flattened to the loss
-code's response layout ``[b × slots, L]``, the same code for both.
+passes its :class:`~dotsllm.model.prefix_grouped_attention.PrefixGroupLayout` to a model built for it);
+the per-response tensors ``[b, slots, L]`` are flattened to the loss code's response layout
+``[b × slots, L]``, the same code for both.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from dotsllm.model.routing_replay import set_replay_targets
 from dotsllm.posttrain.grpo.logprobs import response_layout, token_log_probs, vocab_parallel_entropy
 from dotsllm.posttrain.grpo.losses import LossSettings, aggregate, policy_loss
-from dotsllm.posttrain.grpo.prefix_grouping import prefix_group_mask
+from dotsllm.model.prefix_grouped_attention import PrefixGroupLayout
 
 # per-token statistics logged as means over response tokens: (log name, PolicyLoss field)
 TOKEN_STATS = (
@@ -44,7 +45,8 @@ class PolicyForward:
     """Forward steps of one policy (or the frozen reference) on rows from :mod:`~dotsllm.posttrain.grpo.batch`.
 
     ``routers`` (this rank's, with replay on) replay each row's recorded ``routing``; ``prefix_grouping``:
-    the rows are prefix-grouped (attention follows their ``segment_ids``).
+    the rows are prefix-grouped (attention follows their ``segment_ids``; the model built with
+    ``prefix_grouping``).
     """
 
     def __init__(
@@ -60,8 +62,9 @@ class PolicyForward:
         batch = next(data_iterator)
         if self.routers is not None and "routing" in batch:
             set_replay_targets(model, self.routers, batch["routing"])
-        mask = prefix_group_mask(batch["segment_ids"]) if self.prefix_grouping else None  # None: causal
-        return model(batch["tokens"], batch["position_ids"], mask), batch
+        # the model's core attention reads a layout as the attention mask; None: causal
+        layout = PrefixGroupLayout.from_segment_ids(batch["segment_ids"]) if self.prefix_grouping else None
+        return model(batch["tokens"], batch["position_ids"], layout), batch
 
     def _response(self, batch: dict[str, torch.Tensor], logits: torch.Tensor) -> torch.Tensor:
         """Logits ``[b × slots, L, vocab / TP]`` of the positions predicting the response tokens."""

@@ -6,17 +6,11 @@ response's positions restart at ``len(P)``. Every response token then sees exact
 and positions it sees in its own row ``[P; Ri]``; the loss reads response tokens only, and the
 prompt's gradient is the sum of its G uses, so loss and gradients equal the standard forward's.
 
-Attention. On megatron's local layers (CPU, or a GPU without Transformer Engine) the rows carry an
-explicit boolean mask ``[b, 1, s, s]`` (:func:`prefix_group_mask`), which the local softmax applies.
-With Transformer Engine grouping is refused (:func:`check_backend`): megatron's ``SelfAttention`` gives
-TE one token stream for queries and keys, and THD packing (``cu_seqlens_q``/``cu_seqlens_kv``) gives
-each query segment one *contiguous* key range, while a response needs ``[K_P; K_Ri]``, which is not
-contiguous in ``[P; R1; …; RG]`` for i > 1. One THD call could still express it over a *gathered*
-key/value stream ``[P][P; R1][P; R2]…`` (K_P repeated per response, ``cu_seqlens_kv`` over it, query
-segments ``[P][R1][R2]…``, causal aligned bottom-right), but that needs a core-attention module of our
-own in place of megatron's ``TEDotProductAttention`` and RoPE kept on ``position_ids`` (megatron's THD
-RoPE restarts positions per ``cu_seqlens`` segment, wrong for a response that starts at ``len(P)``);
-without a GPU to run it, that would be unverified code, so it is not here.
+Attention: a model built with ``prefix_grouping`` (:func:`dotsllm.model.builder.build_model`) swaps its
+core attention for :mod:`dotsllm.model.prefix_grouped_attention`, the paper's two calls without an
+``s × s`` mask, on megatron's local layers and under Transformer Engine alike; the rows' layout
+(:class:`~dotsllm.model.prefix_grouped_attention.PrefixGroupLayout`, from ``segment_ids``) is passed as
+the attention mask. Without a layout (the rollouts) the model attends as megatron does.
 
 MoE. A grouped row routes its prompt once where the standard rows route it G times, and megatron's
 sequence aux loss and the tokens-per-expert counts that move the expert bias are per row (padding
@@ -27,29 +21,6 @@ carries the prompt's routing once, then each response's.
 """
 
 from __future__ import annotations
-
-import torch
-
-
-def prefix_group_mask(segment_ids: torch.Tensor) -> torch.Tensor:
-    """``[b, 1, s, s]`` boolean, True = masked out (megatron's convention), of rows with ``segment_ids``
-    ``[b, s]`` (0: the prompt, j > 0: response j, -1: padding): a token attends to the earlier tokens
-    of its own segment and of the prompt."""
-    s = segment_ids.shape[-1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=segment_ids.device).tril()
-    keys = segment_ids[:, None, :]
-    visible = (segment_ids[:, :, None] == keys) | (keys == 0)
-    return ~(visible & causal)[:, None]
-
-
-def check_backend(backend: str) -> None:
-    """Grouped rows need megatron's local attention layers (see the module doc)."""
-    if backend != "local":
-        raise ValueError(
-            "training.prefix_grouping needs megatron's local attention layers (explicit masks); with "
-            "Transformer Engine it is not implemented: a response's keys [K_P; K_Ri] are not one contiguous "
-            "THD range of the packed row (see dotsllm/posttrain/grpo/prefix_grouping.py)"
-        )
 
 
 def attention_flops_ratio(lp: float, lr: float, g: int) -> float:

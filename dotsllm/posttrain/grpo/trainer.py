@@ -33,7 +33,6 @@ from dotsllm.posttrain.grpo.advantages import group_advantages
 from dotsllm.posttrain.grpo.config import GRPOConfig
 from dotsllm.posttrain.grpo.losses import sequence_weights
 from dotsllm.posttrain.grpo.policy_forward import PolicyForward
-from dotsllm.posttrain.grpo.prefix_grouping import check_backend
 from dotsllm.posttrain.grpo.prompts import Prompt, PromptSet
 from dotsllm.posttrain.grpo.rewards import FAILURE_KINDS, RewardOutcome, RewardRunner
 from dotsllm.posttrain.grpo.rollout import BACKENDS, Sample, rollout
@@ -82,13 +81,8 @@ class GRPOTrainer(Trainer):
         super().__init__(config)
         self.stop_token = self.tokenizer.special_ids([END_RESPONSE])[END_RESPONSE]
         self.routers = moe_routers(self.model_chunks) if config.moe.router_replay else None
-        self.prefix_grouping = config.training.prefix_grouping and config.rollout.group_size > 1
         if config.training.prefix_grouping and not self.prefix_grouping:
             self.metrics.event("prefix grouping off: rollout.group_size 1 shares no prompt (standard rows)")
-        if self.prefix_grouping:
-            from dotsllm.model import resolve_backend
-
-            check_backend(resolve_backend())
         self.policy = PolicyForward(config.objective, config.rollout.temperature, self.routers, self.prefix_grouping)
         self.backend = BACKENDS[config.rollout.backend](self.model_chunks, config.rollout)
         self.rewards = RewardRunner(config.rewards)
@@ -98,7 +92,7 @@ class GRPOTrainer(Trainer):
             from dotsllm.training.optimizer import PRECISIONS
 
             dtype = PRECISIONS[config.training.precision]
-            self.reference, _ = load_checkpoint_model(config.checkpoint.load_from, dtype)
+            self.reference, _ = load_checkpoint_model(config.checkpoint.load_from, dtype, self.prefix_grouping)
         self.reference_forward = PolicyForward(config.objective, config.rollout.temperature, None, self.prefix_grouping)
         self.heldout: list[Prompt] = []  # the held-out prompts, in file order
         if config.eval.path:
@@ -117,6 +111,11 @@ class GRPOTrainer(Trainer):
             f"coefficient {self.model_cfg.moe_aux_loss_coeff}, router replay {'on' if self.routers else 'off'}, "
             f"prefix grouping {'on' if self.prefix_grouping else 'off'}"
         )
+
+    @property
+    def prefix_grouping(self) -> bool:
+        """Rows prefix-grouped (a group of one shares no prompt); the models are built for it."""
+        return self.config.training.prefix_grouping and self.config.rollout.group_size > 1
 
     # ---- the swappable parts ------------------------------------------------------------------
 
@@ -147,8 +146,9 @@ class GRPOTrainer(Trainer):
         config = self.config
         overrides = {"moe_enable_routing_replay": True} if config.moe.router_replay else None
         return build_model_and_optimizer(
-            self.model_cfg, config.parallel, config.training.precision, config.optimizer, config_overrides=overrides
-        )
+            self.model_cfg, config.parallel, config.training.precision, config.optimizer, config_overrides=overrides,
+            prefix_grouping=self.prefix_grouping,
+        )  # fmt: skip
 
     def build_train_state(self) -> GRPOState:
         return GRPOState()
