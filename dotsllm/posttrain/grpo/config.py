@@ -42,8 +42,8 @@ class GRPOTrainingSettings:
     precision: str = "bf16"  # bf16 | fp32
     max_nonfinite_steps: int = 10
     # each prompt encoded once for its group (Prefix Grouper; prefix_grouping.py): one row [P; R1; …; RG]
-    # per group, the same loss and gradients; needs megatron's local layers and the MoE aux loss and
-    # expert-bias updates off
+    # per group, the same loss and gradients (its own core attention, no s×s mask); needs the MoE aux
+    # loss and expert-bias updates off
     prefix_grouping: bool = False
 
 
