@@ -128,6 +128,29 @@ def test_thd_packed_attention_equals_each_sequence_alone(megatron_world, tiny_co
     assert (together - expected).abs().max() < 3e-2 * expected.abs().max()
 
 
+@pytest.mark.parametrize("backend", ["local", pytest.param("te", marks=requires_te)])
+def test_prefix_grouped_row_equals_each_response_alone(megatron_world, tiny_config, backend):
+    """A GRPO group row ``[P; R1; R2]`` through the prefix-grouped core attention (its layout as the
+    attention mask; on TE the swapped ``TEDotProductAttention``) gives P's and each response's logits of
+    ``[P; Ri]`` alone (the same model, plain causal)."""
+    from dotsllm.model import build_model
+    from dotsllm.model.prefix_grouped_attention import PrefixGroupLayout
+
+    torch.manual_seed(0)
+    model = build_model(tiny_config, backend=backend, params_dtype=torch.bfloat16, prefix_grouping=True)
+    model = model.cuda().eval()
+    p, r1, r2 = (tokens(tiny_config.vocab_size, 1, n, seed=n)[:, :n] for n in (40, 56, 24))
+    row = torch.cat([p, r1, r2], 1)
+    positions = torch.cat([torch.arange(96), torch.arange(40, 64)]).cuda()[None]
+    segments = torch.tensor([0] * 40 + [1] * 56 + [2] * 24, device="cuda")[None]
+    with torch.no_grad():
+        grouped = model(row, positions, PrefixGroupLayout.from_segment_ids(segments)).float()
+        alone = [model(torch.cat([p, r], 1), torch.arange(40 + r.shape[1], device="cuda")[None], None).float()
+                 for r in (r1, r2)]  # fmt: skip
+    expected = torch.cat([alone[0], alone[1][:, 40:]], dim=1)
+    assert (grouped - expected).abs().max() < 3e-2 * expected.abs().max()
+
+
 def test_bf16_steps_of_dots1_small_log_mfu(tmp_path):
     """`dotsllm pretrain` of dots1-small in bf16 on this GPU: the loss falls and MFU is logged."""
     sys.path.insert(0, str(REPO / "tests"))
