@@ -12,9 +12,10 @@ def write_jsonl(path, records):
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def eval_result(task, score, predictions):
+def eval_result(task, score, predictions, step=None):
     correct = sum(c for _, c in predictions)
     return {
+        "step": step,
         "tasks": {
             task: {
                 "score": score, "samples": len(predictions), "correct": correct,
@@ -38,13 +39,14 @@ def job(tmp_path):
         {"step": 20, "tokens_seen": 1, "loss": 2.0},
         {"step": 100, "tokens_seen": 2, "valid_loss": 1.1434},
         {"step": 300, "tokens_seen": 3, "valid_loss": 0.0031},
-        {"step": 393, "tokens_seen": 4, "loss": 0.01},
+        {"step": 380, "tokens_seen": 4, "loss": 0.01},  # logged every 20 steps: the last step is the checkpoint's
     ])  # fmt: skip
     write_jsonl(tmp_path / "grpo" / "metrics.jsonl", [
         {"step": 0, "tokens_seen": 0, "heldout_accuracy": 0.31, "heldout_samples": 200},
         {"step": 1, "tokens_seen": 10, "loss": 0.1, "reward_mean": 0.25},
         {"step": 2, "tokens_seen": 20, "loss": 0.1, "reward_mean": 0.5},
-        {"step": 2, "tokens_seen": 20, "heldout_accuracy": 0.455, "heldout_samples": 200},
+        *({"step": s, "tokens_seen": 10 * s, "loss": 0.1, "reward_mean": s / 10} for s in range(3, 9)),
+        {"step": 8, "tokens_seen": 80, "heldout_accuracy": 0.455, "heldout_samples": 200},
     ])  # fmt: skip
     (tmp_path / "hf").mkdir()
     (tmp_path / "hf" / "model-00001-of-00002.safetensors").write_bytes(b"x" * 2**20)
@@ -52,7 +54,7 @@ def job(tmp_path):
     evals = tmp_path / "evals"
     evals.mkdir()
     (evals / "before.json").write_text(json.dumps(eval_result("copy", "exact", [("1", False), ("2", False)])))
-    (evals / "after.json").write_text(json.dumps(eval_result("copy", "exact", [("7", True), ("2", True)])))
+    (evals / "after.json").write_text(json.dumps(eval_result("copy", "exact", [("7", True), ("2", True)], step=393)))
     math = [("1 + 1 = 2. \\boxed{2}", True), ("3", False), ("\\boxed{9}", True)]
     (evals / "ckpt.json").write_text(json.dumps(eval_result("math", "math", math)))
     (evals / "hf.json").write_text(json.dumps(eval_result("math", "math", [*math[:2], ("\\boxed{8}", False)])))
@@ -80,8 +82,8 @@ def test_report_rows_say_what_each_stage_achieved(job, capsys):
         {"stage": "SFT", "seconds": 200.0,
          "achieved": "held-out exact match: copy 0/2 → 2/2; 393 steps, valid loss 1.143 → 0.003 (steps 100 → 300)"},
         {"stage": "GRPO", "seconds": 301.0,
-         "achieved": "held-out greedy accuracy 0.310 → 0.455 (200 prompts, steps 0 → 2); reward mean 0.250 → 0.500 "
-                     f"(step 1 → 2); reward curve {job / 'grpo'}/plots/grpo.png"},
+         "achieved": "held-out greedy accuracy 0.310 → 0.455 (200 prompts, steps 0 → 8); reward mean 0.375 (steps 1–2) "
+                     f"→ 0.750 (steps 7–8); reward curve {job / 'grpo'}/plots/grpo.png"},
         {"stage": "export to HF", "seconds": 9.0,
          "achieved": f"{job / 'hf'}: 2 safetensors file(s), 1.5 MiB, tokenizer with the chat template"},
         {"stage": "evaluation", "seconds": None,

@@ -53,7 +53,7 @@ def sft_row(metrics, before: dict, after: dict) -> str:
     for name, result in after["tasks"].items():
         old = before["tasks"][name]
         parts.append(f"{name} {old['correct']}/{old['samples']} → {result['correct']}/{result['samples']}")
-    text = f"held-out {_metric(after)}: {', '.join(parts)}; {metrics.train[-1]['step']} steps"
+    text = f"held-out {_metric(after)}: {', '.join(parts)}; {after['step']} steps"
     if metrics.valid:
         first, last = metrics.valid[0], metrics.valid[-1]
         text += f", valid loss {first['valid_loss']:.3f} → {last['valid_loss']:.3f} (steps {first['step']} → {last['step']})"
@@ -61,13 +61,19 @@ def sft_row(metrics, before: dict, after: dict) -> str:
 
 
 def grpo_row(metrics) -> str:
+    """Held-out accuracy first → last; the reward mean of the first and last quarter of the steps."""
     first, last = metrics.heldout[0], metrics.heldout[-1]
-    rewards = [r["reward_mean"] for r in metrics.train]
+    quarter = max(1, len(metrics.train) // 4)
+    ends = [_mean_reward(metrics.train[:quarter]), _mean_reward(metrics.train[-quarter:])]
     return (
         f"held-out greedy accuracy {first['heldout_accuracy']:.3f} → {last['heldout_accuracy']:.3f} "
-        f"({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}); "
-        f"reward mean {rewards[0]:.3f} → {rewards[-1]:.3f} (step {metrics.train[0]['step']} → {metrics.train[-1]['step']})"
+        f"({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}); reward mean {' → '.join(ends)}"
     )
+
+
+def _mean_reward(records: list[dict]) -> str:
+    steps = f"step {records[0]['step']}" if len(records) == 1 else f"steps {records[0]['step']}–{records[-1]['step']}"
+    return f"{sum(r['reward_mean'] for r in records) / len(records):.3f} ({steps})"
 
 
 def export_row(hf_dir: Path) -> str:
