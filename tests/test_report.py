@@ -43,9 +43,9 @@ def job(tmp_path):
     ])  # fmt: skip
     write_jsonl(tmp_path / "grpo" / "metrics.jsonl", [
         {"step": 0, "tokens_seen": 0, "heldout_accuracy": 0.31, "heldout_samples": 200},
-        {"step": 1, "tokens_seen": 10, "loss": 0.1, "reward_mean": 0.25},
-        {"step": 2, "tokens_seen": 20, "loss": 0.1, "reward_mean": 0.5},
-        *({"step": s, "tokens_seen": 10 * s, "loss": 0.1, "reward_mean": s / 10} for s in range(3, 9)),
+        {"step": 1, "tokens_seen": 10, "loss": 0.1, "reward_mean": 0.25, "accuracy": 0.125},
+        {"step": 2, "tokens_seen": 20, "loss": 0.1, "reward_mean": 0.5, "accuracy": 0.25},
+        *({"step": s, "tokens_seen": 10 * s, "loss": 0.1, "reward_mean": s / 10, "accuracy": s / 20} for s in range(3, 9)),
         {"step": 8, "tokens_seen": 80, "heldout_accuracy": 0.455, "heldout_samples": 200},
     ])  # fmt: skip
     (tmp_path / "hf").mkdir()
@@ -83,7 +83,8 @@ def test_report_rows_say_what_each_stage_achieved(job, capsys):
          "achieved": "held-out exact match: copy 0/2 → 2/2; 393 steps, valid loss 1.143 → 0.003 (steps 100 → 300)"},
         {"stage": "GRPO", "seconds": 301.0,
          "achieved": "held-out greedy accuracy 0.310 → 0.455 (200 prompts, steps 0 → 8); reward mean 0.375 (steps 1–2) "
-                     f"→ 0.750 (steps 7–8); reward curve {job / 'grpo'}/plots/grpo.png"},
+                     "→ 0.750 (steps 7–8), sampled accuracy 0.188 (steps 1–2) → 0.375 (steps 7–8); "
+                     f"reward curve {job / 'grpo'}/plots/grpo.png"},
         {"stage": "export to HF", "seconds": 9.0,
          "achieved": f"{job / 'hf'}: 2 safetensors file(s), 1.5 MiB, tokenizer with the chat template"},
         {"stage": "evaluation", "seconds": None,

@@ -61,19 +61,24 @@ def sft_row(metrics, before: dict, after: dict) -> str:
 
 
 def grpo_row(metrics) -> str:
-    """Held-out accuracy first → last; the reward mean of the first and last quarter of the steps."""
+    """Held-out accuracy first → last; the reward mean and the sampled accuracy (the accuracy reward) of
+    the first and last quarter of the steps."""
     first, last = metrics.heldout[0], metrics.heldout[-1]
     quarter = max(1, len(metrics.train) // 4)
-    ends = [_mean_reward(metrics.train[:quarter]), _mean_reward(metrics.train[-quarter:])]
-    return (
+    ends = metrics.train[:quarter], metrics.train[-quarter:]
+    text = (
         f"held-out greedy accuracy {first['heldout_accuracy']:.3f} → {last['heldout_accuracy']:.3f} "
-        f"({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}); reward mean {' → '.join(ends)}"
+        f"({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}); "
+        f"reward mean {' → '.join(_mean(part, 'reward_mean') for part in ends)}"
     )
+    if "accuracy" in metrics.train[0]:
+        text += f", sampled accuracy {' → '.join(_mean(part, 'accuracy') for part in ends)}"
+    return text
 
 
-def _mean_reward(records: list[dict]) -> str:
+def _mean(records: list[dict], key: str) -> str:
     steps = f"step {records[0]['step']}" if len(records) == 1 else f"steps {records[0]['step']}–{records[-1]['step']}"
-    return f"{sum(r['reward_mean'] for r in records) / len(records):.3f} ({steps})"
+    return f"{sum(r[key] for r in records) / len(records):.3f} ({steps})"
 
 
 def export_row(hf_dir: Path) -> str:
