@@ -45,7 +45,8 @@ def job(tmp_path):
         {"step": 0, "tokens_seen": 0, "heldout_accuracy": 0.31, "heldout_samples": 200},
         {"step": 1, "tokens_seen": 10, "loss": 0.1, "reward_mean": 0.25, "accuracy": 0.125},
         {"step": 2, "tokens_seen": 20, "loss": 0.1, "reward_mean": 0.5, "accuracy": 0.25},
-        *({"step": s, "tokens_seen": 10 * s, "loss": 0.1, "reward_mean": s / 10, "accuracy": s / 20} for s in range(3, 9)),
+        *({"step": s, "tokens_seen": 10 * s, "loss": 0.1, "reward_mean": s / 10, "accuracy": s / 20}
+          for s in range(3, 9)),
         {"step": 8, "tokens_seen": 80, "heldout_accuracy": 0.455, "heldout_samples": 200},
     ])  # fmt: skip
     (tmp_path / "hf").mkdir()

@@ -20,13 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pretrain", default="runs/dots1-tiny", help="the pretraining run")
     parser.add_argument("--sft", default="runs/dots1-tiny-sft", help="the SFT run")
     parser.add_argument(
-        "--sft-eval", nargs=2, metavar=("BEFORE", "AFTER"), default=[f"{JOB}/eval_pretrained.json", f"{JOB}/eval_sft.json"],
+        "--sft-eval", nargs=2, metavar=("BEFORE", "AFTER"),
+        default=[f"{JOB}/eval_pretrained.json", f"{JOB}/eval_sft.json"],
         help="dotsllm eval JSONs of the SFT task before and after SFT",
     )  # fmt: skip
     parser.add_argument("--grpo", default="runs/dots1-tiny-grpo", help="the GRPO run")
     parser.add_argument("--hf", default="outputs/hf/dots1-tiny-grpo", help="the exported HF folder")
     parser.add_argument(
-        "--export-eval", nargs=2, metavar=("CHECKPOINT", "HF"), default=[f"{JOB}/eval_grpo.json", f"{JOB}/eval_hf.json"],
+        "--export-eval", nargs=2, metavar=("CHECKPOINT", "HF"),
+        default=[f"{JOB}/eval_grpo.json", f"{JOB}/eval_hf.json"],
         help="dotsllm eval JSONs of one task on the exported checkpoint and on its HF folder",
     )  # fmt: skip
     parser.add_argument("--output", help="also write the rows as JSON here")
@@ -42,7 +44,8 @@ def data_row(manifest: dict) -> str:
 
 def pretrain_row(metrics) -> str:
     first, last = metrics.train[0], metrics.train[-1]
-    text = f"{last['step']} steps, {last['tokens_seen']:,} tokens; train loss {first['loss']:.2f} → {last['loss']:.2f}"
+    loss = f"{first['loss']:.2f} → {last['loss']:.2f}"
+    text = f"{last['step']} steps, {last['tokens_seen']:,} tokens; train loss {loss}"
     if metrics.valid:
         text += f", valid loss {metrics.valid[-1]['valid_loss']:.2f} (step {metrics.valid[-1]['step']})"
     return text
@@ -56,7 +59,8 @@ def sft_row(metrics, before: dict, after: dict) -> str:
     text = f"held-out {_metric(after)}: {', '.join(parts)}; {after['step']} steps"
     if metrics.valid:
         first, last = metrics.valid[0], metrics.valid[-1]
-        text += f", valid loss {first['valid_loss']:.3f} → {last['valid_loss']:.3f} (steps {first['step']} → {last['step']})"
+        losses = f"{first['valid_loss']:.3f} → {last['valid_loss']:.3f}"
+        text += f", valid loss {losses} (steps {first['step']} → {last['step']})"
     return text
 
 

@@ -123,12 +123,14 @@ def is_transformers_model(model: Any) -> bool:
 @torch.no_grad()
 def generate_transformers(model: Any, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
     """Greedy continuations of ``requests`` by transformers' ``generate``. Prompts of one length and
-    budget go in one batch, unpadded: each row gets the numbers it would get alone."""
+    budget go in one batch, unpadded: no padding, attention mask or position shift to tell a row from
+    the same prompt alone."""
     groups: dict[tuple, list[int]] = {}
     for i, request in enumerate(requests):
-        if not request.params.greedy:
+        params = request.params
+        if not params.greedy:
             raise ValueError("generate_transformers: greedy requests only (temperature 0)")
-        groups.setdefault((len(request.prompt), request.params.max_new_tokens, request.params.stop_token_ids), []).append(i)
+        groups.setdefault((len(request.prompt), params.max_new_tokens, params.stop_token_ids), []).append(i)
     results: list[GenerationResult | None] = [None] * len(requests)
     for (length, budget, stop), rows in groups.items():
         prompts = torch.tensor([requests[i].prompt for i in rows], device=model.device)
