@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export-hf": ("export_hf", "a dotsllm checkpoint (any layout) as a HF Dots1ForCausalLM folder, streamed"),
     "import-hf": ("import_hf", "a HF dots1 folder as a dotsllm checkpoint to start pretraining from"),
     "eval": ("eval", "perplexity on held-out shards and greedy exact-match tasks of a checkpoint"),
+    "report": ("report", "the main job's table: what each stage achieved (from the stages' outputs) and its wall time"),
     "ckpt": ("ckpt", "inspect checkpoints: `ckpt list RUN_DIR`"),
     "analyze": ("analyze", "training diagnostics: `analyze deceleration RUN_DIR` fits the loss deceleration"),
 }

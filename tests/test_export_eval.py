@@ -232,8 +232,32 @@ def test_exact_match_scores_own_greedy_continuations(trained, own_task, tmp_path
     args = ["eval", str(ckpt), "--tasks", str(task), "--tokenizer", str(tokenizer)]
     assert cli.main([*args, "--batch-size", "2", "--output", str(out)]) == 0
     result = json.loads(out.read_text())["tasks"]["own"]
-    assert (result["correct"], result["samples"], result["exact_match"]) == (4, 6, 4 / 6)
+    assert (result["correct"], result["samples"], result["accuracy"]) == (4, 6, 4 / 6)
     assert [p["correct"] for p in result["predictions"]] == expected
+
+
+def test_eval_of_the_exported_folder_by_transformers_equals_the_checkpoints(trained, own_task, tmp_path):
+    """`dotsllm eval HF_FOLDER` (transformers' generate, prompts of one length batched) gives the
+    checkpoint's predictions."""
+    _, ckpt, out = trained
+    task, tokenizer, expected = own_task
+    results = {}
+    for name, model in (("checkpoint", ckpt), ("hf", out)):
+        args = ["eval", str(model), "--tasks", str(task), "--tokenizer", str(tokenizer), "--batch-size", "4"]
+        assert cli.main([*args, "--output", str(tmp_path / f"{name}.json")]) == 0
+        results[name] = json.loads((tmp_path / f"{name}.json").read_text())["tasks"]["own"]
+    assert results["hf"] == results["checkpoint"] and results["hf"]["correct"] == 4
+    assert [p["correct"] for p in results["hf"]["predictions"]] == expected
+    with pytest.raises(SystemExit, match="perplexity needs a dotsllm checkpoint"):
+        cli.main(["eval", str(out), "--tasks", "perplexity", "--data", "x"])
+
+
+def test_math_score_finds_the_boxed_answer():
+    from dotsllm.evaluation.generation import score_predictions
+
+    predictions, answers = ["3 + 4 = 7. \\boxed{7}", "7 + 1 = 7. \\boxed{8}", " 7 ", "seven"], ["7"] * 4
+    assert score_predictions(predictions, answers, "math") == [True, False, True, False]
+    assert score_predictions(predictions, answers, "exact") == [False, False, True, False]
 
 
 def test_eval_under_torchrun_with_expert_parallelism_matches_one_process(trained, heldout, own_task, tmp_path):

@@ -5,7 +5,9 @@ own shards), the data-parallel ranks share the work, and rank 0 prints and write
 
     torchrun --nproc-per-node 8 -m dotsllm.cli eval CKPT --tasks qa.jsonl --tokenizer tok.model --ep 4 --tp 2
 
-For lm-evaluation-harness, export first and evaluate the HF folder:
+CKPT may also be an exported HF folder (config.json, safetensors), run by transformers in one process
+(generation tasks): the same numbers as its checkpoint show that the export holds. For
+lm-evaluation-harness, export first and evaluate the HF folder:
 
     dotsllm export-hf CKPT OUT --tokenizer-dir TOKENIZER_DIR
     lm_eval --model hf --model_args pretrained=OUT,dtype=bfloat16 --tasks hellaswag,arc_easy --batch_size 8
@@ -17,7 +19,8 @@ import argparse
 import json
 from pathlib import Path
 
-from dotsllm.training.checkpoint import checkpoint_dir
+from dotsllm.evaluation.generation import SCORES
+from dotsllm.training.checkpoint import META_FILE, checkpoint_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "checkpoint", type=checkpoint_dir,
-        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+        help="a dotsllm checkpoint directory (holding dotsllm.json), a run's checkpoints/ folder (its latest), "
+        "or a HF folder (config.json; generation tasks only)",
     )  # fmt: skip
     parser.add_argument(
         "--tasks", nargs="+", required=True, metavar="TASK",
@@ -46,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     gen.add_argument(
         "--chat", action="store_true",
         help="render each prompt as a user turn of the dots chat template and stop at <|endofresponse|>",
+    )  # fmt: skip
+    gen.add_argument(
+        "--score", choices=SCORES, default="exact",
+        help="exact: the answer, whitespace aside; math: math-verify finds it (\\boxed{} first)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="windows or prompts per data-parallel rank")
     layout = parser.add_argument_group("layout", "how the model is split over the processes (torchrun)")
@@ -74,17 +82,24 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("dotsllm eval: generation tasks need --tokenizer")
     tasks = {Path(f).stem: read_tasks(f) for f in files}  # fail early on a bad file
 
-    etp = args.etp or (args.tp if args.ep == 1 else 1)
-    init_distributed(ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, vpp=args.vpp))
-    meta = read_meta(Path(args.checkpoint))
-    chunks, _ = load_checkpoint_model(args.checkpoint)
+    if is_hf_folder(args.checkpoint):
+        if "perplexity" in args.tasks:
+            raise SystemExit("dotsllm eval: perplexity needs a dotsllm checkpoint, not a HF folder")
+        chunks, meta, rank = load_hf_model(args.checkpoint), {"step": None, "tokens_seen": None}, 0
+    else:
+        etp = args.etp or (args.tp if args.ep == 1 else 1)
+        init_distributed(ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, vpp=args.vpp))
+        meta = read_meta(Path(args.checkpoint))
+        chunks, _ = load_checkpoint_model(args.checkpoint)
+        rank = torch.distributed.get_rank()
     results = {
         "checkpoint": str(args.checkpoint),
         "step": meta["step"],
         "tokens_seen": meta["tokens_seen"],
         "tasks": {},
     }
-    table = Table(title=f"{Path(args.checkpoint).name}, step {meta['step']}")
+    where = "HF folder" if meta["step"] is None else f"step {meta['step']}"
+    table = Table(title=f"{Path(args.checkpoint).name}, {where}")
     for column in ("task", "metric", "value", "count"):
         table.add_column(column)
     if "perplexity" in args.tasks:
@@ -100,13 +115,27 @@ def run(args: argparse.Namespace) -> int:
         tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
         template = ChatTemplate(tokenizer) if args.chat else None
         for name, samples in tasks.items():
-            result = exact_match(chunks, tokenizer, samples, args.max_new_tokens, args.batch_size, chat=template)
-            results["tasks"][name] = result
-            table.add_row(
-                name, "exact match", f"{result['exact_match']:.4f}", f"{result['correct']}/{result['samples']}"
+            result = exact_match(
+                chunks, tokenizer, samples, args.max_new_tokens, args.batch_size, chat=template, score=args.score
             )
-    if torch.distributed.get_rank() == 0:
+            results["tasks"][name] = result
+            metric = "exact match" if args.score == "exact" else "math accuracy"
+            table.add_row(name, metric, f"{result['accuracy']:.4f}", f"{result['correct']}/{result['samples']}")
+    if rank == 0:
         Console().print(table)
         if args.output:
             Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def is_hf_folder(path: Path) -> bool:
+    return (path / "config.json").is_file() and not (path / META_FILE).is_file()
+
+
+def load_hf_model(path: Path):
+    """The HF folder's causal LM in fp32, on CUDA when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()

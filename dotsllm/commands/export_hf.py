@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from dotsllm.training.checkpoint import checkpoint_dir
+
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -17,7 +19,10 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="a dotsllm checkpoint directory (holding dotsllm.json)")
+    parser.add_argument(
+        "checkpoint", type=checkpoint_dir,
+        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+    )  # fmt: skip
     parser.add_argument("out", help="output folder (new or empty)")
     tok = parser.add_mutually_exclusive_group()
     tok.add_argument("--tokenizer-dir", help="HF tokenizer files (or one file) to copy into the folder")

@@ -1,8 +1,9 @@
-"""Exact-match generation tasks, answered greedily by :mod:`dotsllm.inference`.
+"""Generation tasks, answered greedily by :mod:`dotsllm.inference` (or transformers, for a HF folder).
 
 A task is a JSONL file of ``{"prompt": ..., "answer": ...}`` lines. Each prompt is continued greedily
 for as many tokens as its answer has (or ``max_new_tokens``), stopping at end-of-document; the sample
-is correct when the decoded continuation equals the answer, surrounding whitespace aside. With a chat
+is correct when the decoded continuation equals the answer, surrounding whitespace aside (``score=
+"exact"``), or when math-verify finds the answer in it, ``\\boxed{}`` first (``score="math"``). With a chat
 template, the prompt is a user turn rendered by the dots template (a sample's ``"system"`` field, else
 the template's default system message) followed by the generation prompt, and generation stops at
 ``<|endofresponse|>``.
@@ -17,8 +18,11 @@ from typing import Any, Protocol
 
 import torch
 
-from dotsllm.inference import GenerationRequest, SamplingParams, generate_data_parallel
+from dotsllm.inference import GenerationRequest, GenerationResult, SamplingParams, generate_data_parallel
 from dotsllm.posttrain.chat import ChatTemplate, Message
+from dotsllm.posttrain.grpo.reward_functions import math_accuracy
+
+SCORES = ("exact", "math")
 
 
 class TextTokenizer(Protocol):
@@ -58,15 +62,20 @@ def exact_match(
     max_new_tokens: int | None = None,
     batch_size: int = 8,
     chat: ChatTemplate | None = None,
+    score: str = "exact",
 ) -> dict[str, Any]:
-    """Greedy exact-match accuracy on ``samples`` (see the module doc), with each sample's prediction.
+    """Greedy accuracy on ``samples`` (see the module doc), with each sample's prediction.
 
-    ``model`` is this rank's part in the layout of ``parallel_state``; every rank passes the same
-    samples, each data-parallel rank generates ``batch_size`` of them at a time, and every rank gets
-    the whole result.
+    ``model`` is this rank's part in the layout of ``parallel_state``, or a transformers causal LM
+    (one process); every rank passes the same samples, each data-parallel rank generates
+    ``batch_size`` of them at a time, and every rank gets the whole result.
     """
-    from megatron.core import parallel_state
+    if is_transformers_model(model):
+        run, data_parallel = generate_transformers, 1
+    else:
+        from megatron.core import parallel_state
 
+        run, data_parallel = generate_data_parallel, parallel_state.get_data_parallel_world_size()
     if chat is None:
         prompts, stop = tokenizer.encode_batch([s["prompt"] for s in samples]), [tokenizer.eod]
     else:
@@ -82,18 +91,64 @@ def exact_match(
     }
     # prompts of similar length batched together: fewer steps spent feeding the longer prompts
     order = sorted(requests, key=lambda i: len(prompts[i]))
-    step = batch_size * parallel_state.get_data_parallel_world_size()
+    step = batch_size * data_parallel
     predictions: list[str] = [""] * len(samples)
     for start in range(0, len(order), step):
         chunk = order[start : start + step]
-        for i, result in zip(chunk, generate_data_parallel(model, [requests[i] for i in chunk])):
+        for i, result in zip(chunk, run(model, [requests[i] for i in chunk])):
             ids = result.tokens[:-1] if result.finish_reason == "stop" else result.tokens
             predictions[i] = tokenizer.decode(ids)
-    details = [
-        {**s, "prediction": p, "correct": p.strip() == s["answer"].strip()} for s, p in zip(samples, predictions)
-    ]
-    correct = sum(d["correct"] for d in details)
-    return {"samples": len(samples), "correct": correct, "exact_match": correct / len(samples), "predictions": details}
+    verdicts = score_predictions(predictions, [s["answer"] for s in samples], score)
+    details = [{**s, "prediction": p, "correct": c} for s, p, c in zip(samples, predictions, verdicts)]
+    correct = sum(verdicts)
+    return {
+        "score": score, "samples": len(samples), "correct": correct, "accuracy": correct / len(samples),
+        "predictions": details,
+    }  # fmt: skip
+
+
+def score_predictions(predictions: list[str], answers: list[str], score: str) -> list[bool]:
+    """Whether each prediction is right (see the module doc); a gold answer math-verify cannot parse: wrong."""
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
+    if score == "math":
+        return [value == 1.0 for value in math_accuracy(predictions, answers)]
+    return [p.strip() == a.strip() for p, a in zip(predictions, answers, strict=True)]
+
+
+def is_transformers_model(model: Any) -> bool:
+    return type(model).__module__.startswith("transformers.")
+
+
+@torch.no_grad()
+def generate_transformers(model: Any, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+    """Greedy continuations of ``requests`` by transformers' ``generate``. Prompts of one length and
+    budget go in one batch, unpadded: no padding, attention mask or position shift to tell a row from
+    the same prompt alone."""
+    groups: dict[tuple, list[int]] = {}
+    for i, request in enumerate(requests):
+        params = request.params
+        if not params.greedy:
+            raise ValueError("generate_transformers: greedy requests only (temperature 0)")
+        groups.setdefault((len(request.prompt), params.max_new_tokens, params.stop_token_ids), []).append(i)
+    results: list[GenerationResult | None] = [None] * len(requests)
+    for (length, budget, stop), rows in groups.items():
+        prompts = torch.tensor([requests[i].prompt for i in rows], device=model.device)
+        out = model.generate(
+            prompts, attention_mask=torch.ones_like(prompts), do_sample=False, max_new_tokens=budget,
+            eos_token_id=list(stop) or None, pad_token_id=stop[0] if stop else 0,
+            output_scores=True, return_dict_in_generate=True,
+        )  # fmt: skip
+        log_probs = torch.stack(out.scores, 1).float().log_softmax(-1)
+        new = out.sequences[:, length:]
+        chosen = log_probs.gather(-1, new[..., None])[..., 0]
+        for row, i in enumerate(rows):
+            tokens = new[row].tolist()
+            end = next((k + 1 for k, t in enumerate(tokens) if t in stop), None)
+            kept = tokens[:end] if end else tokens[:budget]
+            reason = "stop" if end else "length"
+            results[i] = GenerationResult(kept, chosen[row, : len(kept)].tolist(), reason)
+    return results
 
 
 def _chat_messages(sample: dict[str, str]) -> list[Message]:

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The README's main job, on the embedded data, one stage after another; ends with `dotsllm report`'s
+# table of what each stage achieved and its wall time (kept in outputs/main_job/).
+#   data pipeline  the sample corpus → filtered, deduplicated token shards and a SentencePiece tokenizer
+#   pretraining    dots1-tiny on those shards (and its plots)
+#   SFT            the digit-copy demo set plus a share of the arithmetic task's worked solutions;
+#                  held-out exact match of the digit-copy task before and after
+#   GRPO           on the arithmetic task from the SFT checkpoint; held-out greedy accuracy before and
+#                  after, the reward curve in runs/dots1-tiny-grpo/plots/grpo.png
+#   export to HF   the GRPO checkpoint as a Dots1ForCausalLM folder with the tokenizer
+#   evaluation     the arithmetic held-out set on that folder (transformers) and on the checkpoint (dotsllm)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+JOB=outputs/main_job
+TOK=outputs/data_sample/tokenizer.model
+COPY_TASK=dotsllm/posttrain/sft/demo/heldout_eval.jsonl
+MATH_TASK=outputs/arithmetic/heldout.jsonl
+
+data_pipeline_stage() {
+  data_pipeline run configs/data/sample.yaml
+}
+pretraining() {
+  dotsllm pretrain configs/pretrain/dots1-tiny.yaml data.blend=[outputs/data_sample/tokens] data.tokenizer=$TOK
+  dotsllm plot runs/dots1-tiny
+}
+sft() {
+  python -m dotsllm.posttrain.grpo.arithmetic outputs/arithmetic
+  dotsllm eval runs/dots1-tiny/checkpoints --tasks $COPY_TASK --tokenizer $TOK --chat --output $JOB/eval_pretrained.json
+  dotsllm sft configs/sft/dots1-tiny.yaml
+  dotsllm eval runs/dots1-tiny-sft/checkpoints --tasks $COPY_TASK --tokenizer $TOK --chat --output $JOB/eval_sft.json
+}
+grpo() {
+  dotsllm grpo configs/grpo/dots1-tiny.yaml checkpoint.load_from=runs/dots1-tiny-sft
+}
+export_hf() {
+  rm -rf outputs/hf/dots1-tiny-grpo
+  dotsllm export-hf runs/dots1-tiny-grpo/checkpoints outputs/hf/dots1-tiny-grpo --tokenizer $TOK
+}
+evaluation() {
+  local math=(--tasks $MATH_TASK --tokenizer $TOK --chat --score math --max-new-tokens 32 --batch-size 32)
+  dotsllm eval outputs/hf/dots1-tiny-grpo "${math[@]}" --output $JOB/eval_hf.json
+  dotsllm eval runs/dots1-tiny-grpo/checkpoints "${math[@]}" --output $JOB/eval_grpo.json
+}
+
+mkdir -p $JOB
+: > $JOB/stages.tsv
+stage() {  # stage NAME FUNCTION: run it, and append its wall time to stages.tsv
+  local start=$SECONDS
+  echo "=== $1"
+  "$2"
+  printf '%s\t%s\n' "$1" "$((SECONDS - start))" >> $JOB/stages.tsv
+}
+stage "data pipeline" data_pipeline_stage
+stage "pretraining" pretraining
+stage "SFT" sft
+stage "GRPO" grpo
+stage "export to HF" export_hf
+stage "evaluation" evaluation
+dotsllm report --output $JOB/report.json
