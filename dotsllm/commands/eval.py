@@ -19,7 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dotsllm.evaluation.generation import SCORES
+from dotsllm.evaluation.generation import SCORE_NAMES, SCORES
 from dotsllm.training.checkpoint import META_FILE, checkpoint_dir
 
 
@@ -119,8 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 chunks, tokenizer, samples, args.max_new_tokens, args.batch_size, chat=template, score=args.score
             )
             results["tasks"][name] = result
-            metric = "exact match" if args.score == "exact" else "math accuracy"
-            table.add_row(name, metric, f"{result['accuracy']:.4f}", f"{result['correct']}/{result['samples']}")
+            table.add_row(name, SCORE_NAMES[args.score], f"{result['accuracy']:.4f}", f"{result['correct']}/{result['samples']}")
     if rank == 0:
         Console().print(table)
         if args.output:

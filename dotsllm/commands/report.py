@@ -107,7 +107,9 @@ def evaluation_row(checkpoint: dict, hf: dict) -> str:
 
 def _metric(result: dict) -> str:
     scores = {task.get("score", "exact") for task in result["tasks"].values()}
-    return " / ".join("math accuracy" if s == "math" else "exact match" for s in sorted(scores))
+    from dotsllm.evaluation.generation import SCORE_NAMES
+
+    return " / ".join(SCORE_NAMES[s] for s in sorted(scores))
 
 
 def read_times(path: Path) -> dict[str, float]:

@@ -20,9 +20,10 @@ import torch
 
 from dotsllm.inference import GenerationRequest, GenerationResult, SamplingParams, generate_data_parallel
 from dotsllm.posttrain.chat import ChatTemplate, Message
-from dotsllm.posttrain.grpo.reward_functions import math_accuracy
+from dotsllm.posttrain.grpo import reward_functions
 
-SCORES = ("exact", "math")
+SCORES = {"exact": reward_functions.exact_match, "math": reward_functions.math_accuracy}  # GRPO's rewards
+SCORE_NAMES = {"exact": "exact match", "math": "math accuracy"}
 
 
 class TextTokenizer(Protocol):
@@ -110,10 +111,8 @@ def exact_match(
 def score_predictions(predictions: list[str], answers: list[str], score: str) -> list[bool]:
     """Whether each prediction is right (see the module doc); a gold answer math-verify cannot parse: wrong."""
     if score not in SCORES:
-        raise ValueError(f"score must be one of {SCORES}, got {score!r}")
-    if score == "math":
-        return [value == 1.0 for value in math_accuracy(predictions, answers)]
-    return [p.strip() == a.strip() for p, a in zip(predictions, answers, strict=True)]
+        raise ValueError(f"score must be one of {tuple(SCORES)}, got {score!r}")
+    return [value == 1.0 for value in SCORES[score](predictions, answers)]
 
 
 def is_transformers_model(model: Any) -> bool:
