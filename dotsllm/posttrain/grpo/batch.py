@@ -25,10 +25,9 @@ from collections.abc import Sequence
 
 import torch
 
+from dotsllm.model.prefix_grouped_attention import PADDING_SEGMENT, PROMPT_SEGMENT
 from dotsllm.model.routing_replay import ROUTING_DTYPE
 from dotsllm.posttrain.grpo.rollout import Sample
-
-PROMPT_SEGMENT, PADDING_SEGMENT = 0, -1
 
 
 def shared_prompt_groups(samples: Sequence[Sample]) -> list[list[int]]:

@@ -26,10 +26,10 @@ from functools import partial
 
 import torch
 
+from dotsllm.model.prefix_grouped_attention import PrefixGroupLayout
 from dotsllm.model.routing_replay import set_replay_targets
 from dotsllm.posttrain.grpo.logprobs import response_layout, token_log_probs, vocab_parallel_entropy
 from dotsllm.posttrain.grpo.losses import LossSettings, aggregate, policy_loss
-from dotsllm.model.prefix_grouped_attention import PrefixGroupLayout
 
 # per-token statistics logged as means over response tokens: (log name, PolicyLoss field)
 TOKEN_STATS = (
