@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dotsllm.inference import GenerationRequest, SamplingParams, generate
-from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.model import Dots1ModelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.model.builder import build_model
 from dotsllm.parallel.setup import init_distributed
 from timing import best_time

@@ -28,7 +28,8 @@ from rich.console import Console
 from rich.table import Table
 
 from dotsllm.config_loading import apply_overrides
-from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.model import Dots1ModelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.model.accounting import model_parameter_counts
 from dotsllm.parallel.setup import init_distributed
 from dotsllm.posttrain.grpo import batch as rows_of

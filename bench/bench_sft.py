@@ -26,7 +26,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.model import Dots1ModelConfig
+
+from dotsllm.parallel import ParallelConfig
 from dotsllm.parallel.setup import init_distributed
 from dotsllm.posttrain.chat import ChatTemplate
 from dotsllm.posttrain.sft.data import SampleBuilder, SFTDataConfig, SFTSource, epoch_rows

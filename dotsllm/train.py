@@ -24,7 +24,8 @@ import torch
 
 from dotsllm.analysis.zero_sum import reduce_zero_sum_stats
 from dotsllm.config_loading import apply_overrides, from_dict, load_yaml, to_dict
-from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.model import Dots1ModelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.model.accounting import distributed_parameter_counts, training_flops_per_token
 from dotsllm.parallel.setup import init_distributed
 from dotsllm.training import checkpoint_state

@@ -7,7 +7,7 @@ import torch
 @pytest.fixture(scope="session")
 def megatron_world():
     """World of one process with megatron-core's parallel state (TP=PP=EP=1)."""
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.parallel.setup import destroy_distributed, init_distributed
 
     init_distributed(ParallelConfig(), seed=1234)

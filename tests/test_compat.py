@@ -128,10 +128,11 @@ def test_moe_split_sizes_are_numpy_like_on_gpu():
 def test_torch_norm_under_sequence_parallel_marks_its_weight():
     from megatron.core.transformer.torch_norm import WrappedTorchNorm
 
-    from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+    from dotsllm.model.config import Dots1ModelConfig
+
 
     model = Dots1ModelConfig.from_preset("dots1-tiny")
-    config = model.transformer_config(ParallelConfig(tp=2, etp=2))
+    config = model.transformer_config(tp=2, etp=2)
     norm = WrappedTorchNorm(config, 16, eps=1e-6)
     assert isinstance(norm, torch.nn.RMSNorm) and norm.eps == 1e-6
     assert norm.weight.sequence_parallel is True

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.model import Dots1ModelConfig
+
+from dotsllm.parallel import ParallelConfig
 from dotsllm.train import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -141,7 +141,7 @@ def test_groups_that_miss_a_shard_write_nothing(megatron_world, tmp_path):
 MEASURE = """
 import json, re, sys
 from dotsllm.convert.checkpoint_io import import_to_checkpoint
-from dotsllm.model import ParallelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.parallel.setup import init_distributed
 
 def rss(field):

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not megatron_torch_adamw.needed(), reason="TE/Ap
 
 def distributed_adam(tiny_config):
     """dots1-tiny (seeded) under DDP with megatron's distributed optimizer (torch AdamW inside)."""
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     torch.manual_seed(0)

@@ -3,12 +3,14 @@
 import pytest
 import torch
 
-from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model, list_presets, resolve_backend
+from dotsllm.model import Dots1ModelConfig, build_model, list_presets, resolve_backend
+
+from dotsllm.parallel import ParallelConfig
 
 
 def test_142b_preset_is_the_released_architecture():
     cfg = Dots1ModelConfig.from_preset("dots1-142b")
-    tc = cfg.transformer_config(ParallelConfig())
+    tc = cfg.transformer_config()
     assert (tc.num_layers, tc.hidden_size, tc.num_attention_heads, tc.num_query_groups, tc.kv_channels) == (
         62, 4096, 32, 32, 128,
     )

@@ -4,7 +4,9 @@ import itertools
 
 import torch
 
-from dotsllm.model import ParallelConfig, build_model
+from dotsllm.model import build_model
+
+from dotsllm.parallel import ParallelConfig
 from dotsllm.training.fixed_batch import make_lm_batch
 from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 from dotsllm.training.step import train_step

@@ -15,7 +15,7 @@ def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, t
     """The schedule divides each microbatch loss by their number in place; the logged loss must not."""
     import torch
 
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.training.fixed_batch import make_lm_batch
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
     from dotsllm.training.step import train_step
@@ -33,7 +33,7 @@ def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, t
 
 
 def test_norms_and_biases_get_no_weight_decay(megatron_world, tiny_config):
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer, set_lr_and_weight_decay
 
     settings = OptimizerSettings(use_distributed_optimizer=False)
@@ -59,7 +59,7 @@ def _lm_batches(vocab_size: int, shape: tuple[int, int, int], seed: int = 3):
 
 
 def _trainer_parts(model_cfg, **settings):
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     torch = __import__("torch")

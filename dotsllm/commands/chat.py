@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dotsllm.convert.checkpoint_io import load_checkpoint_model
     from dotsllm.inference import GenerationRequest, SamplingParams, generate
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.parallel.setup import init_distributed
     from dotsllm.posttrain.chat import DEFAULT_SYSTEM, ChatTemplate, Message
     from dotsllm.tokenizer import Tokenizer

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dotsllm.convert.checkpoint_io import load_checkpoint_model
     from dotsllm.evaluation import exact_match, perplexity, read_tasks, token_windows
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.parallel.setup import init_distributed
     from dotsllm.training.checkpoint import read_meta
 

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from dotsllm.convert.checkpoint_io import export_checkpoint
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.parallel.setup import init_distributed
 
     init_distributed(ParallelConfig())

@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dotsllm.model.accounting import make_plan
-    from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+    from dotsllm.model.config import Dots1ModelConfig
+    from dotsllm.parallel import ParallelConfig
 
     try:
         parallel = ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp, cp=args.cp)

@@ -16,7 +16,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from dotsllm.model import Dots1ModelConfig, ParallelConfig
+    from dotsllm.model import Dots1ModelConfig
+
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.parallel.setup import destroy_distributed, init_distributed
     from dotsllm.training.fixed_batch import train_on_fixed_batch
     from dotsllm.training.optimizer import OptimizerSettings

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from dotsllm.convert.hf_io import export_hf, megatron_tensor_reader, read_hf_config
-from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.model.config import Dots1ModelConfig
 from dotsllm.training.checkpoint import read_meta, write_checkpoint
 from dotsllm.training.checkpoint_state import CheckpointMeta
 
@@ -123,17 +123,16 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
     model. ``dtype`` defaults to the checkpoint's; ``prefix_grouping`` as
     :func:`~dotsllm.model.builder.build_model`.
     """
-    from megatron.core import dist_checkpointing
+    from megatron.core import dist_checkpointing, parallel_state
 
     from dotsllm.model.builder import build_model
 
     cfg = checkpoint_model_config(ckpt_dir)
-    parallel = _current_layout()
     dtype = dtype or checkpoint_dtype(ckpt_dir)
-    vpp = parallel.vpp or 1
+    vpp = parallel_state.get_virtual_pipeline_model_parallel_world_size() or 1
     chunks = [
         build_model(
-            cfg, parallel, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=NO_INIT,
+            cfg, params_dtype=dtype, vp_stage=vp if vpp > 1 else None, config_overrides=NO_INIT,
             prefix_grouping=prefix_grouping,
         )  # fmt: skip
         for vp in range(vpp)
@@ -143,20 +142,6 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
     for i, chunk in enumerate(chunks):
         chunk.load_state_dict(loaded[f"model{i}"])
     return [chunk.eval() for chunk in chunks], cfg
-
-
-def _current_layout() -> ParallelConfig:
-    """The layout ``parallel_state`` was initialized with."""
-    from megatron.core import parallel_state as ps
-
-    return ParallelConfig(
-        tp=ps.get_tensor_model_parallel_world_size(),
-        pp=ps.get_pipeline_model_parallel_world_size(),
-        ep=ps.get_expert_model_parallel_world_size(),
-        etp=ps.get_expert_tensor_parallel_world_size(),
-        cp=ps.get_context_parallel_world_size(),
-        vpp=ps.get_virtual_pipeline_model_parallel_world_size(),
-    )
 
 
 def import_to_checkpoint(

@@ -17,7 +17,9 @@ from typing import Any
 
 import torch
 
-from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.model.config import Dots1ModelConfig
+
+from dotsllm.parallel import ParallelConfig
 
 ROLES = (
     "embedding",
@@ -200,7 +202,7 @@ def pipeline_stage_layers(
     from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
 
     tc = config.transformer_config(
-        parallel,
+        **asdict(parallel),
         num_layers_in_first_pipeline_stage=first_stage_layers,
         num_layers_in_last_pipeline_stage=last_stage_layers,
     )

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import torch
 
-from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.model.config import Dots1ModelConfig
 
 Backend = Literal["auto", "te", "local"]
 
@@ -28,7 +28,6 @@ def resolve_backend(requested: Backend = "auto") -> Literal["te", "local"]:
 
 def build_model(
     model: Dots1ModelConfig,
-    parallel: ParallelConfig | None = None,
     *,
     backend: Backend = "auto",
     params_dtype: torch.dtype = torch.float32,
@@ -36,7 +35,8 @@ def build_model(
     config_overrides: dict[str, Any] | None = None,
     prefix_grouping: bool = False,
 ):
-    """The part of the dots1 model this rank holds. ``parallel_state`` must be initialized.
+    """The part of the dots1 model this rank holds in the layout ``parallel_state`` was initialized with
+    (:func:`dotsllm.parallel.setup.init_distributed`).
 
     The returned ``GPTModel`` (:class:`~dotsllm.model.gpt.Dots1GPTModel`) takes an explicit boolean
     ``attention_mask`` ([b, 1, s, s], True = masked out) and ``position_ids`` ([b, s], which RoPE
@@ -50,10 +50,9 @@ def build_model(
     from dotsllm.model.gpt import Dots1GPTModel
     from dotsllm.model.prefix_grouped_attention import prefix_grouped_core_attention
 
-    parallel = parallel or ParallelConfig()
     chosen = resolve_backend(backend)
     overrides = {"moe_grouped_gemm": chosen == "te", **(config_overrides or {})}
-    config = model.transformer_config(parallel, params_dtype=params_dtype, **overrides)
+    config = model.transformer_config(**initialized_layout(), params_dtype=params_dtype, **overrides)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     spec = get_gpt_decoder_block_spec(
         config, use_transformer_engine=chosen == "te", normalization="RMSNorm", vp_stage=vp_stage, pp_rank=pp_rank
@@ -67,6 +66,20 @@ def build_model(
         post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         vp_stage=vp_stage,
         **model.gpt_model_kwargs(),
+    )
+
+
+def initialized_layout() -> dict[str, int | None]:
+    """The sizes ``parallel_state`` was initialized with, as :meth:`Dots1ModelConfig.transformer_config` takes them."""
+    from megatron.core import parallel_state as ps
+
+    return dict(
+        tp=ps.get_tensor_model_parallel_world_size(),
+        pp=ps.get_pipeline_model_parallel_world_size(),
+        ep=ps.get_expert_model_parallel_world_size(),
+        etp=ps.get_expert_tensor_parallel_world_size(),
+        cp=ps.get_context_parallel_world_size(),
+        vpp=ps.get_virtual_pipeline_model_parallel_world_size(),
     )
 
 

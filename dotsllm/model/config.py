@@ -1,8 +1,8 @@
 """The dots1 architecture as one typed config, and its mapping onto megatron-core.
 
-A preset (``dotsllm/model/presets/<name>.yaml``, shipped in the package) fills :class:`Dots1ModelConfig`; :class:`ParallelConfig`
-holds the parallel layout. :meth:`Dots1ModelConfig.transformer_config` turns both into
-megatron-core's ``TransformerConfig``; :meth:`Dots1ModelConfig.gpt_model_kwargs` gives the
+A preset (``dotsllm/model/presets/<name>.yaml``, shipped in the package) fills :class:`Dots1ModelConfig`.
+:meth:`Dots1ModelConfig.transformer_config` turns it and a parallel layout (the sizes of
+:class:`dotsllm.parallel.ParallelConfig`) into megatron-core's ``TransformerConfig``; :meth:`Dots1ModelConfig.gpt_model_kwargs` gives the
 ``GPTModel`` arguments that live outside it (vocabulary, RoPE, untied embeddings).
 """
 
@@ -109,15 +109,24 @@ class Dots1ModelConfig:
     # ---- megatron-core mapping ----------------------------------------------------------------
 
     def transformer_config(
-        self, parallel: "ParallelConfig | None" = None, params_dtype: torch.dtype = torch.float32, **overrides: Any
+        self,
+        *,
+        tp: int = 1,
+        pp: int = 1,
+        ep: int = 1,
+        etp: int = 1,
+        cp: int = 1,
+        vpp: int | None = None,
+        params_dtype: torch.dtype = torch.float32,
+        **overrides: Any,
     ):
-        """megatron-core ``TransformerConfig`` for this model under ``parallel``.
+        """megatron-core ``TransformerConfig`` for this model under the layout ``tp`` … ``vpp`` (the
+        fields of :class:`dotsllm.parallel.ParallelConfig`: ``**dataclasses.asdict(parallel)``).
 
         ``overrides`` are passed through to ``TransformerConfig`` (e.g. recompute settings).
         """
         from megatron.core.transformer.transformer_config import TransformerConfig
 
-        parallel = parallel or ParallelConfig()
         on_gpu = torch.cuda.is_available()
         kwargs: dict[str, Any] = dict(
             num_layers=self.num_layers,
@@ -159,18 +168,18 @@ class Dots1ModelConfig:
             bf16=params_dtype == torch.bfloat16,
             fp16=params_dtype == torch.float16,
             # parallelism
-            tensor_model_parallel_size=parallel.tp,
-            pipeline_model_parallel_size=parallel.pp,
-            virtual_pipeline_model_parallel_size=parallel.vpp,  # the schedules find the loss stage by it
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp,  # the schedules find the loss stage by it
             # Interleaved 1F1B as Megatron-LM runs it: overlapped isend/irecv. Batched p2p would pair a
             # stage's two sends to one peer (PP = 2: next = prev) with that peer's receives in the
             # wrong order, swapping activations and gradients of equal shape.
-            overlap_p2p_comm=parallel.vpp is not None,
-            batch_p2p_comm=parallel.vpp is None,
-            expert_model_parallel_size=parallel.ep,
-            expert_tensor_parallel_size=parallel.etp,
-            context_parallel_size=parallel.cp,
-            sequence_parallel=parallel.sequence_parallel,
+            overlap_p2p_comm=vpp is not None,
+            batch_p2p_comm=vpp is None,
+            expert_model_parallel_size=ep,
+            expert_tensor_parallel_size=etp,
+            context_parallel_size=cp,
+            sequence_parallel=tp > 1,  # megatron-core requires it for MoE with TP > 1
             pipeline_dtype=params_dtype,
             use_cpu_initialization=not on_gpu,
             perform_initialization=True,
@@ -284,45 +293,6 @@ class Dots1ModelConfig:
             init_method_std=values["initializer_range"],
             untie_embeddings=not values["tie_word_embeddings"],
         )
-
-
-@dataclass(frozen=True)
-class ParallelConfig:
-    """Parallel layout. ``dp`` is what is left of the world after TP x PP x CP."""
-
-    tp: int = 1
-    pp: int = 1
-    ep: int = 1
-    etp: int = 1  # expert tensor parallelism (megatron-core's expert_tensor_parallel_size)
-    cp: int = 1
-    vpp: int | None = None  # virtual pipeline stages per rank (interleaved 1F1B)
-
-    def __post_init__(self) -> None:
-        if self.cp != 1:
-            # megatron-core would scale the loss by CP and expects each rank's slice of every
-            # sequence (load-balanced chunks); dotsllm's data path does not split sequences.
-            raise ValueError(f"context parallelism (cp={self.cp}) is not supported by dotsllm; use cp=1")
-
-    @property
-    def sequence_parallel(self) -> bool:
-        """megatron-core requires sequence parallelism for MoE with TP > 1."""
-        return self.tp > 1
-
-    def data_parallel_size(self, world_size: int) -> int:
-        model_parallel = self.tp * self.pp * self.cp
-        if world_size % model_parallel:
-            raise ValueError(f"world size {world_size} is not divisible by tp*pp*cp = {model_parallel}")
-        dp = world_size // model_parallel
-        expert_group = self.ep * self.etp
-        if (dp * self.cp * self.tp) % expert_group:
-            raise ValueError(
-                f"ep*etp = {expert_group} must divide dp*cp*tp = {dp * self.cp * self.tp} (world {world_size})"
-            )
-        if self.ep == 1 and self.etp != self.tp:
-            # megatron-core's DDP reduces expert grads over the expert-data-parallel group only when
-            # ep > 1; with ep = 1 it uses the data-parallel group, which is right only when etp = tp.
-            raise ValueError(f"with ep=1, etp must equal tp ({self.tp}), not {self.etp} (wrong expert grads)")
-        return dp
 
 
 # transformers' Dots1Config defaults (5.x) for the keys from_hf_config reads.

@@ -9,7 +9,7 @@ from datetime import timedelta
 import torch
 
 from dotsllm.compat import megatron_cpu, megatron_per_token_loss, megatron_without_te
-from dotsllm.model.config import ParallelConfig
+from dotsllm.parallel.config import ParallelConfig
 
 
 def launcher_ranks(env: Mapping[str, str]) -> tuple[int, int, int]:

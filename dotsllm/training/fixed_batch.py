@@ -8,7 +8,9 @@ from typing import Callable
 
 import torch
 
-from dotsllm.model import Dots1ModelConfig, ParallelConfig
+from dotsllm.model import Dots1ModelConfig
+
+from dotsllm.parallel import ParallelConfig
 from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 from dotsllm.training.step import train_step
 

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from dotsllm.compat import megatron_torch_adamw
-from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model
+from dotsllm.model import Dots1ModelConfig, build_model
+from dotsllm.parallel import ParallelConfig
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -46,7 +47,7 @@ def build_model_and_optimizer(
     vpp = parallel.vpp or 1
     chunks = [
         build_model(
-            model_cfg, parallel, params_dtype=PRECISIONS[precision], vp_stage=vp if vpp > 1 else None,
+            model_cfg, params_dtype=PRECISIONS[precision], vp_stage=vp if vpp > 1 else None,
             config_overrides=config_overrides, prefix_grouping=prefix_grouping,
         )  # fmt: skip
         for vp in range(vpp)

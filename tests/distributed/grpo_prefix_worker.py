@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.model.config import Dots1ModelConfig
+
+from dotsllm.parallel import ParallelConfig
 from dotsllm.posttrain.grpo import batch as rows_of
 from dotsllm.posttrain.grpo.prompts import Prompt
 from dotsllm.posttrain.grpo.rollout import Sample

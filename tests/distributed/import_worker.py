@@ -18,7 +18,7 @@ import torch
 
 from dotsllm.convert.checkpoint_io import checkpoint_model_config
 from dotsllm.model.builder import build_model
-from dotsllm.model.config import ParallelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.parallel.setup import init_distributed
 
 
@@ -35,7 +35,7 @@ def layouts(ckpt: str, reference: str, out: str, *layout_names: str) -> None:
         init_distributed(layout)
         if name == layout_names[0]:  # needs a world; the same for every layout
             expected = dist_checkpointing.load_plain_tensors(reference)
-        module = build_model(cfg, layout, backend="local")
+        module = build_model(cfg, backend="local")
         module.load_state_dict(dist_checkpointing.load(module.sharded_state_dict(), ckpt), strict=True)
         shards = module.sharded_state_dict()
         apply_factories(shards)

@@ -38,7 +38,7 @@ def layouts(tmp_path_factory):
 
 
 def test_grouped_update_equals_the_standard_one_in_one_process(megatron_world):
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
 
     assert_grouped_equals_standard(prefix.exactness_of_layout(ParallelConfig()), "one process")
 
@@ -50,7 +50,7 @@ def test_grouped_update_equals_the_standard_one_in_parallel_layouts(layouts, lay
 
 
 def test_the_comparison_catches_broken_grouped_rows(megatron_world):
-    from dotsllm.model import ParallelConfig
+    from dotsllm.parallel import ParallelConfig
 
     cfg = prefix.model_config()
     chunks, optimizer = prefix.build(cfg, ParallelConfig(), prefix_grouping=True)  # standard rows: causal

@@ -16,7 +16,7 @@ import json
 import pytest
 from dist_launch import run_workers
 
-from dotsllm.model.config import ParallelConfig
+from dotsllm.parallel import ParallelConfig
 
 LAYOUTS = {  # TP runs with sequence parallelism; "-dopt": megatron's distributed optimizer
     2: ["ep2", "tp2-etp2", "tp2-ep2", "pp2", "pp2-vpp2-dopt"],

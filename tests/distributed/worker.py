@@ -22,7 +22,9 @@ from pathlib import Path
 
 import torch
 
-from dotsllm.model.config import Dots1ModelConfig, ParallelConfig
+from dotsllm.model.config import Dots1ModelConfig
+
+from dotsllm.parallel import ParallelConfig
 from dotsllm.parallel.setup import init_distributed
 
 PRESET = "dots1-tiny"
@@ -58,7 +60,7 @@ def build_plain(layout: ParallelConfig) -> list[torch.nn.Module]:
 
     vpp = layout.vpp or 1
     cfg = Dots1ModelConfig.from_preset(PRESET)
-    return [build_model(cfg, layout, vp_stage=vp if vpp > 1 else None) for vp in range(vpp)]
+    return [build_model(cfg, vp_stage=vp if vpp > 1 else None) for vp in range(vpp)]
 
 
 def modules(chunks) -> list[torch.nn.Module]:

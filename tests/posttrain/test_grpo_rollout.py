@@ -16,7 +16,8 @@ SETTINGS = RolloutSettings(group_size=3, prompts_per_step=3, temperature=0.7, to
 
 @pytest.fixture(scope="module")
 def chunks(megatron_world):
-    from dotsllm.model import Dots1ModelConfig, ParallelConfig
+    from dotsllm.model import Dots1ModelConfig
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     torch.manual_seed(5)

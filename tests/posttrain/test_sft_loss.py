@@ -12,7 +12,8 @@ SEQ = 32
 
 
 def test_one_long_and_one_short_answer_give_the_token_mean(megatron_world):
-    from dotsllm.model import Dots1ModelConfig, ParallelConfig, build_model
+    from dotsllm.model import Dots1ModelConfig, build_model
+    from dotsllm.parallel import ParallelConfig
     from dotsllm.posttrain.sft.trainer import sft_forward_step
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
     from dotsllm.training.step import train_step

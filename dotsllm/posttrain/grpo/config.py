@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dotsllm.config_loading import apply_overrides, from_dict, load_yaml
-from dotsllm.model import ParallelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.posttrain.grpo.advantages import SCALINGS
 from dotsllm.posttrain.grpo.losses import LossSettings
 from dotsllm.posttrain.grpo.prompts import PromptSettings

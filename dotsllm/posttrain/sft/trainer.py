@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from dotsllm.config_loading import apply_overrides, from_dict, load_yaml
-from dotsllm.model import ParallelConfig
+from dotsllm.parallel import ParallelConfig
 from dotsllm.posttrain.chat import ChatTemplate
 from dotsllm.posttrain.sft.data import SFTData, SFTDataConfig
 from dotsllm.posttrain.sft.packing import block_causal_mask, thd_packed_seq_params
