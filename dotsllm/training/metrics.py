@@ -7,7 +7,7 @@ import math
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -17,7 +17,7 @@ METRICS_FILE = "metrics.jsonl"
 @dataclass
 class LoggingSettings:
     log_interval: int = 1
-    wandb_mode: str = "offline"  # offline | online | disabled
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
     wandb_project: str = "dotsllm"
     wandb_run_name: str | None = None
 

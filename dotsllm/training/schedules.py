@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class LRPhase:
     name: str
     tokens: float
     end_lr: float
-    shape: str = "linear"  # linear | cosine
+    shape: Literal["linear", "cosine"] = "linear"
 
     def __post_init__(self) -> None:
         if self.tokens <= 0:

@@ -21,11 +21,15 @@ micro-batch's weighted sum is its exact share of the mini-batch loss.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 
-AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-RATIO_LEVELS = ("token", "sequence")
+# token-mean (DAPO) | seq-mean-token-mean (GRPO) | seq-mean-token-sum-norm (Dr.GRPO)
+Aggregation = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]
+RatioLevel = Literal["token", "sequence"]  # GSPO's sequence level: the geometric mean of a response's token ratios
+AGGREGATIONS: tuple[str, ...] = get_args(Aggregation)
+RATIO_LEVELS: tuple[str, ...] = get_args(RatioLevel)
 KL_LOG_RATIO_LIMIT = 20.0  # verl's clamps of the k3 estimator: its log-ratio, then its value
 KL_LIMIT = 10.0
 
@@ -34,12 +38,11 @@ KL_LIMIT = 10.0
 class LossSettings:
     """The objective's knobs (the ``objective`` section of a GRPO config)."""
 
-    # token-mean (DAPO) | seq-mean-token-mean (GRPO) | seq-mean-token-sum-norm (Dr.GRPO)
-    aggregation: str = "token-mean"
+    aggregation: Aggregation = "token-mean"
     clip_low: float = 0.2  # ε_low: the ratio is clipped below 1 − ε_low
     clip_high: float = 0.28  # ε_high: above 1 + ε_high (DAPO's clip-higher; 0.2 is PPO's symmetric clip)
     dual_clip: float | None = None  # c > 1 bounds the loss of a negative advantage by −c·A (verl: 3.0)
-    ratio: str = "token"  # token | sequence (GSPO: the geometric mean of a response's token ratios)
+    ratio: RatioLevel = "token"
     kl_beta: float = 0.0  # weight of the k3 KL to the reference model (its forward runs only when > 0)
     entropy_coef: float = 0.0  # weight of the entropy bonus (entropy is measured either way)
 
