@@ -34,7 +34,7 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader, FileSystemWriter, Metadata, TensorStorageMetadata
 from torch.distributed.checkpoint.storage import WriteResult
 
-MEGATRON_FILES = ("common.pt", "metadata.json")  # written by every dist_checkpointing.save; kept once
+from dotsllm.training.checkpoint import MEGATRON_FILES  # written by every dist_checkpointing.save; kept once
 
 
 def save_in_groups(groups: Iterable[dict[str, Any]], ckpt_dir: str | Path) -> None:
@@ -42,7 +42,8 @@ def save_in_groups(groups: Iterable[dict[str, Any]], ckpt_dir: str | Path) -> No
 
     ``ckpt_dir`` must exist and be empty. Each group is saved and dropped before the next is taken
     from ``groups`` (make it a generator): memory holds one group. Groups hold only sharded tensors
-    and objects (the common state of each save is dropped). Needs a world of one.
+    and objects (the common state of each save is dropped). Needs a world of one. Nothing is fsynced
+    here: :func:`~dotsllm.training.checkpoint.write_checkpoint` fsyncs every file of the result.
     """
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace, nested_values
