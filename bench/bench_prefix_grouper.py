@@ -110,11 +110,11 @@ def main() -> None:
 
     values = apply_overrides({}, args.overrides)
     cfg = Dots1ModelConfig.from_preset(args.preset, **values, moe_aux_loss_coeff=0.0, moe_router_bias_update_rate=0.0)
+    init_distributed(ParallelConfig(), seed=1234)
     matmul = model_parameter_counts(cfg).active_matmul
     width = cfg.num_attention_heads * (cfg.head_dim or cfg.hidden_size // cfg.num_attention_heads)
-    init_distributed(ParallelConfig(), seed=1234)
     settings = OptimizerSettings(use_distributed_optimizer=False)
-    chunks, _ = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings, prefix_grouping=True)
+    chunks, _ = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings, 3e-4, prefix_grouping=True)
     memory = "peak allocated" if torch.cuda.is_available() else "saved activations"
     clock = "wall" if torch.cuda.is_available() else "CPU"
     table = Table(title=(

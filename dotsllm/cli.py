@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
@@ -26,13 +27,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DEBUG_ENV = "DOTSLLM_DEBUG"
+# What bad input raises (a config's unknown key or bad value, a missing file, an impossible layout):
+# the program ends it in one line. Commands' own `SystemExit("dotsllm CMD: ...")` are ended the same way.
+BAD_INPUT = (ValueError, FileNotFoundError, FileExistsError)
+EPILOG = (
+    f"Bad input (a config's unknown key or bad value, a missing file, an impossible layout) ends in one line, "
+    f"'dotsllm COMMAND: what is wrong', and exit status 2; {DEBUG_ENV}=1 in the environment shows the traceback."
+)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``dotsllm`` program. Run as one (``argv`` None: the console script, ``python -m dotsllm.cli``),
+    bad input ends in one stderr line and status 2 (see :data:`EPILOG`); called with ``argv`` (from
+    Python), exceptions propagate to the caller."""
     # megatron-core warns at import about every optional CUDA package it does not find.
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
     # dist_checkpointing still builds torch ShardedTensors, which torch has deprecated.
     warnings.filterwarnings("ignore", category=FutureWarning, message=".*ShardedTensor")
-    parser = argparse.ArgumentParser(prog="dotsllm", description="dots.llm1 on Megatron-Core")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="dotsllm", description="dots.llm1 on Megatron-Core", epilog=EPILOG)
+    subparsers = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_OneLineErrorParser
+    )
+    as_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -42,7 +59,46 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(sub)
             sub.set_defaults(run=module.run)
     args = parser.parse_args(argv)
-    return int(args.run(args) or 0)
+    if not as_program or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+        return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except BAD_INPUT as error:
+        message = str(error) or type(error).__name__
+    except SystemExit as error:
+        if not isinstance(error.code, str):
+            raise
+        message = error.code
+    end_distributed()
+    print(one_line(f"dotsllm {args.command}", message), file=sys.stderr, flush=True)
+    return 2
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """A subcommand's parser whose usage errors are one line too: ``dotsllm CMD: message`` (status 2)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, one_line(self.prog, message) + "\n")
+
+
+def one_line(prefix: str, message: str) -> str:
+    """``PREFIX: message`` on one line (a message that already starts with ``dotsllm `` keeps its own prefix)."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    return text if text.startswith("dotsllm ") else f"{prefix}: {text}"
+
+
+def end_distributed() -> None:
+    """Tear down the process group and megatron-core's parallel state, if the command started them, so
+    that torch prints nothing more at exit."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    from dotsllm.parallel.setup import destroy_distributed
+
+    try:
+        destroy_distributed()
+    except Exception:  # noqa: BLE001 - best effort on the way out; the error line is what matters
+        pass
 
 
 if __name__ == "__main__":

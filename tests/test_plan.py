@@ -134,7 +134,7 @@ def test_uneven_pipeline_stages_hold_every_parameter_once():
     assert [s["layers"] for s in plan["stages"]] == [7] + [8] * 6 + [7]
     # TP=1: each GPU of a stage holds all its non-expert parameters and 1/8 of its experts
     assert sum(s["params"] + 7 * s["expert_params"] for s in plan["stages"]) == plan["total_params"]
-    with pytest.raises(ValueError, match="62 layers over PP=8"):
+    with pytest.raises(ValueError, match="62 layers do not split evenly over --pp 8"):
         run_plan("--model", "dots1-142b", "--pp", "8")  # 62 layers do not split evenly over 8 stages
 
 
@@ -143,9 +143,9 @@ def test_bad_layouts_are_refused():
         run_plan("--model", "dots1-tiny", "--tp", "3", "--gpus", "8")
     with pytest.raises(ValueError, match="ep\\*etp"):
         run_plan("--model", "dots1-tiny", "--ep", "3", "--dp", "4")
-    with pytest.raises(SystemExit, match="disagrees"):
+    with pytest.raises(ValueError, match="disagrees"):
         run_plan("--model", "dots1-tiny", "--dp", "2", "--gpus", "8")
-    with pytest.raises(SystemExit, match=r"context parallelism \(cp=2\) is not supported"):
+    with pytest.raises(ValueError, match=r"context parallelism \(cp=2\) is not supported"):
         run_plan("--model", "dots1-tiny", "--cp", "2", "--gpus", "8")
 
 
@@ -174,3 +174,89 @@ def test_hf_config_has_full_attention_and_real_rope_in_every_layer():
     hf = Dots1Config(**deeper.hf_config_dict())
     assert set(hf.layer_types) == {"full_attention"}
     assert hf.rope_parameters["rope_theta"] == 1e7 and hf.head_dim == 128 and hf.rms_norm_eps == 1e-5
+
+
+def test_uneven_pipeline_error_is_one_line_whose_suggestion_plans():
+    with pytest.raises(ValueError) as error:
+        run_plan("--model", "dots1-142b", "--pp", "8", "--ep", "8", "--gpus", "512")
+    message = str(error.value)
+    assert "\n" not in message
+    assert message == (
+        "62 layers do not split evenly over --pp 8: give the first/last stages fewer layers, "
+        "e.g. --first-stage-layers 7 --last-stage-layers 7 (7 + 6×8 + 7 = 62)"
+    )
+    suggested = message.split("e.g. ")[1].split(" (")[0].split()
+    plan = plan_json("--model", "dots1-142b", "--pp", "8", "--ep", "8", "--gpus", "512", *suggested)
+    assert [s["layers"] for s in plan["stages"]] == [7] + [8] * 6 + [7]
+    # a wrong uneven split names one that works, too
+    wrong = (r"over --pp 8 with --first-stage-layers 5 --last-stage-layers 5: the 52 layers left do not split "
+             r"evenly over the 6 middle stages: e.g. --first-stage-layers 7 --last-stage-layers 7 ")
+    with pytest.raises(ValueError, match=wrong):
+        run_plan("--model", "dots1-142b", "--pp", "8", "--first-stage-layers", "5", "--last-stage-layers", "5")
+
+
+@pytest.mark.parametrize(("layers", "pp"), [(62, 8), (62, 16), (62, 4), (61, 2), (13, 3), (10, 8), (30, 7), (9, 9)])
+def test_suggested_pipeline_splits_are_accepted_by_megatron(layers, pp):
+    from dotsllm.parallel import ParallelConfig
+    from dotsllm.plan import _stage_layers, check_pipeline_split, suggest_pipeline_split
+
+    config = Dots1ModelConfig.from_preset("dots1-tiny", num_layers=layers)
+    split = suggest_pipeline_split(layers, pp) or (None, None)
+    assert (split == (None, None)) == (layers % pp == 0)
+    check_pipeline_split(layers, pp, *split)
+    stages = _stage_layers(config, ParallelConfig(pp=pp), *split)  # megatron-core's own split
+    assert [i for stage in stages for i in stage] == list(range(layers))
+    if split[0] is not None:
+        suggestion = rf"e\.g\. --first-stage-layers {split[0]} --last-stage-layers {split[1]} "
+        with pytest.raises(ValueError, match=suggestion):
+            check_pipeline_split(layers, pp)
+
+
+def test_verdict_of_a_layout_that_fits():
+    plan = plan_json("--model", "dots1-tiny", "--seq-len", "256", "--global-batch-tokens", "256")
+    verdict = plan["verdict"]
+    assert verdict["fits"] and verdict["fits_without_distributed_optimizer"]
+    assert verdict["gpu_memory_gib"] == 80 and verdict["alternatives"] == [] and verdict["more_gpus"] is None
+    worst = plan["stages"][plan["worst_stage"]]
+    assert verdict["worst_stage_gib"] == worst["total_distributed"] / 2**30
+    text = run_plan("--model", "dots1-tiny", "--seq-len", "256", "--global-batch-tokens", "256")
+    assert "verdict: fits in 80 GiB: worst stage 0 needs" in text
+    # the same layout against a GPU too small for it
+    small = plan_json("--model", "dots1-tiny", "--seq-len", "256", "--global-batch-tokens", "256",
+                      "--gpu-memory", "0.001")  # fmt: skip
+    assert not small["verdict"]["fits"]
+
+
+LAYOUT_142B = ("--model", "dots1-142b", "--pp", "8", "--ep", "8", "--gpus", "512",
+               "--first-stage-layers", "7", "--last-stage-layers", "7")  # fmt: skip
+
+
+def test_verdict_of_a_layout_that_does_not_fit_lists_layouts_that_do():
+    plan = plan_json(*LAYOUT_142B)
+    verdict = plan["verdict"]
+    worst = max(plan["stages"], key=lambda s: s["total_distributed"])
+    assert not verdict["fits"] and not verdict["fits_without_distributed_optimizer"]
+    assert verdict["worst_stage"] == worst["stage"] and verdict["worst_stage_gib"] == worst["total_distributed"] / 2**30
+    assert verdict["worst_stage_gib"] > 80
+    alternatives = verdict["alternatives"]
+    assert alternatives and verdict["more_gpus"] is None
+    assert all(alt["worst_stage_gib"] <= 80 and alt["layout"]["gpus"] == 512 for alt in alternatives)
+    for alt in (alternatives[0], alternatives[-1]):  # re-planned, each fits with the GiB listed
+        again = plan_json(*LAYOUT_142B, *alt["args"])
+        assert again["verdict"]["fits"] and again["verdict"]["worst_stage_gib"] == alt["worst_stage_gib"]
+        assert again["layout"]["gpus"] == 512
+    text = run_plan(*LAYOUT_142B)
+    assert "verdict: does not fit in 80 GiB: worst stage" in text
+    assert "layouts of the same 512 GPUs that fit in 80 GiB" in text
+    assert alternatives[0]["change"] in text
+
+
+def test_verdict_names_more_gpus_when_no_layout_of_these_fits():
+    plan = plan_json("--model", "dots1-142b", "--ep", "8", "--gpus", "8")
+    verdict = plan["verdict"]
+    assert not verdict["fits"] and verdict["alternatives"] == []
+    more = verdict["more_gpus"]
+    assert more["layout"]["gpus"] > 8 and more["worst_stage_gib"] <= 80
+    again = plan_json("--model", "dots1-142b", *more["args"])
+    assert again["verdict"]["fits"] and again["layout"]["gpus"] == more["layout"]["gpus"]
+    assert f"{more['layout']['gpus']:,} GPUs would" in run_plan("--model", "dots1-142b", "--ep", "8", "--gpus", "8")

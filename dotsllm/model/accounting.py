@@ -1,10 +1,8 @@
-"""Parameters, training FLOPs, per-GPU memory and run time of a dots1 model under a parallel layout.
+"""Parameters and training FLOPs of a dots1 model, whatever its parallel layout.
 
 Parameter counts come from the model definition: megatron-core's ``GPTModel`` built on the meta
-device (no memory), counted by role. Memory and FLOPs are arithmetic on those counts, following
-megatron-core's sharding: routed experts over EP x ETP, the other matmul weights over TP, norms and
-the router replicated, layers over PP stages (embedding on the first stage, output layer and final
-norm on the last).
+device (no memory), counted by role and by decoder layer; FLOPs per token are arithmetic on them.
+What a model needs under a layout (pipeline stages, per-GPU memory, run time) is :mod:`dotsllm.plan`.
 """
 
 from __future__ import annotations
@@ -12,14 +10,11 @@ from __future__ import annotations
 import functools
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
 from dotsllm.model.config import Dots1ModelConfig
-
-from dotsllm.parallel import ParallelConfig
 
 ROLES = (
     "embedding",
@@ -46,10 +41,6 @@ _ROLE_OF_NAME = (
 _LAYER_INDEX = re.compile(r"^decoder\.layers\.(\d+)\.")
 # Roles whose weights megatron-core splits over tensor parallelism (routed experts: EP x ETP instead).
 TP_SHARDED_ROLES = frozenset({"embedding", "output_layer", "attention", "dense_mlp", "shared_experts"})
-
-BF16_BYTES = 2
-FP32_BYTES = 4
-ADAM_STATE_BYTES = 3 * FP32_BYTES  # fp32 master copy + Adam m + Adam v
 
 
 def role_of(name: str) -> str:
@@ -122,39 +113,42 @@ def build_meta_model(config: Dots1ModelConfig, params_dtype: torch.dtype = torch
     """The whole dots1 ``GPTModel`` (megatron-core local layers) on the meta device.
 
     Its tensors have the dtypes of a model built with ``params_dtype`` (norms and expert biases stay fp32).
-    Needs a world of one; initializes (and afterwards tears down) one when none exists.
+    Needs megatron-core's ``parallel_state`` initialized with TP = PP = EP = 1 (a world of one: the
+    commands that convert checkpoints start one; ``single_process_world`` of the parallel setup gives
+    a throwaway one); it does not start or end a world itself.
     """
     from megatron.core import parallel_state
 
     from dotsllm.model.builder import build_model
-    from dotsllm.parallel.setup import destroy_distributed, init_distributed
 
-    owns_world = not torch.distributed.is_initialized()
-    init_distributed(ParallelConfig())
-    try:
-        sizes = (
-            parallel_state.get_tensor_model_parallel_world_size(),
-            parallel_state.get_pipeline_model_parallel_world_size(),
-            parallel_state.get_expert_model_parallel_world_size(),
+    if not parallel_state.model_parallel_is_initialized():
+        raise RuntimeError(
+            "building the whole model on the meta device needs megatron-core's parallel_state initialized "
+            "with TP = PP = EP = 1 (a world of one); none is"
         )
-        if sizes != (1, 1, 1):
-            raise RuntimeError(f"counting needs the whole model on one rank, but TP, PP, EP = {sizes}")
-        # meta tensors: nothing to initialize, and no CUDA device placement on GPU machines.
-        with torch.device("meta"):
-            return build_model(
-                config,
-                backend="local",
-                params_dtype=params_dtype,
-                config_overrides=dict(use_cpu_initialization=True, perform_initialization=False),
-            )
-    finally:
-        if owns_world:
-            destroy_distributed()
+    sizes = (
+        parallel_state.get_tensor_model_parallel_world_size(),
+        parallel_state.get_pipeline_model_parallel_world_size(),
+        parallel_state.get_expert_model_parallel_world_size(),
+    )
+    if sizes != (1, 1, 1):
+        raise RuntimeError(f"building the whole model on the meta device needs TP = PP = EP = 1, not {sizes}")
+    # meta tensors: nothing to initialize, and no CUDA device placement on GPU machines.
+    with torch.device("meta"):
+        return build_model(
+            config,
+            backend="local",
+            params_dtype=params_dtype,
+            config_overrides=dict(use_cpu_initialization=True, perform_initialization=False),
+        )
 
 
 @functools.lru_cache(maxsize=None)
 def model_parameter_counts(config: Dots1ModelConfig) -> ParameterCounts:
-    """:func:`count_parameters` of the model built on the meta device (cached per config)."""
+    """:func:`count_parameters` of the model built on the meta device (cached per config).
+
+    Needs a world of one, as :func:`build_meta_model` (only when the config is not cached yet).
+    """
     return count_parameters(build_meta_model(config), config)
 
 
@@ -168,240 +162,6 @@ def training_flops_per_token(active_matmul_params: int, num_layers: int, attenti
     and Megatron-LM, so MFU compares with published numbers.
     """
     return 6 * active_matmul_params + 12 * num_layers * attention_width * seq_len
-
-
-def activation_bytes_per_token(config: Dots1ModelConfig, parallel: ParallelConfig, moe: bool) -> int:
-    """Estimated activation memory one decoder layer keeps for backward, per token held by a GPU.
-
-    bf16 tensors saved by megatron-core's layers with flash attention (no s x s scores), no
-    recomputation, sequence parallelism with TP (so every term is per token held by the GPU, i.e.
-    per ``1/(tp cp)`` of the micro-batch), balanced routing: per token, top-k expert copies of the
-    hidden state (gathered over ETP) and of the expert FFN (split over ETP).
-    """
-    h, q = config.hidden_size, config.num_attention_heads * config.head_dim
-    kv = config.num_query_groups * config.head_dim
-    # norm inputs (input, pre-MLP), QKV input; q, k before QK-norm; q, k, v into attention; its output
-    attention = 3 * h + 3 * q + 3 * kv
-    if moe:
-        shared = h + 3 * config.shared_expert_ffn_hidden_size if config.num_shared_experts else 0
-        routed = config.moe_router_topk * (parallel.etp * h + 3 * config.moe_ffn_hidden_size)
-        mlp = h + shared + routed  # router input, shared expert, routed experts
-    else:
-        mlp = h + 3 * config.ffn_hidden_size  # fc1 input, SwiGLU input (2 f), fc2 input
-    return BF16_BYTES * (attention + mlp)
-
-
-def pipeline_stage_layers(
-    config: Dots1ModelConfig,
-    parallel: ParallelConfig,
-    first_stage_layers: int | None = None,
-    last_stage_layers: int | None = None,
-) -> list[range]:
-    """Decoder layers of each pipeline stage, as megatron-core assigns them (uneven first/last allowed)."""
-    from megatron.core.transformer.transformer_block import get_num_layers_to_build
-    from megatron.core.transformer.transformer_layer import get_transformer_layer_offset
-
-    tc = config.transformer_config(
-        **asdict(parallel),
-        num_layers_in_first_pipeline_stage=first_stage_layers,
-        num_layers_in_last_pipeline_stage=last_stage_layers,
-    )
-    stages = []
-    for rank in range(parallel.pp):
-        try:
-            offset = get_transformer_layer_offset(tc, pp_rank=rank)
-            stages.append(range(offset, offset + get_num_layers_to_build(tc, pp_rank=rank)))
-        except AssertionError as error:  # megatron-core checks the split with asserts
-            raise ValueError(f"{config.num_layers} layers over PP={parallel.pp}: {error}") from error
-    return stages
-
-
-@dataclass(frozen=True)
-class StageMemory:
-    """Bytes one GPU of a pipeline stage holds (bf16 weights, fp32 main grads, Adam in fp32)."""
-
-    stage: int
-    layers: int
-    params: int  # parameters on one GPU
-    expert_params: int  # of which routed experts
-    weights: int
-    grads: int
-    optimizer: int  # fp32 master + m + v, replicated over DP
-    optimizer_distributed: int  # the same, sharded over DP (expert params over expert-DP)
-    activations: int  # in-flight micro-batches under 1F1B, plus fp32 logits on the last stage
-
-    @property
-    def total(self) -> int:
-        return self.weights + self.grads + self.optimizer + self.activations
-
-    @property
-    def total_distributed(self) -> int:
-        return self.weights + self.grads + self.optimizer_distributed + self.activations
-
-
-def stage_memory(
-    counts: ParameterCounts,
-    config: Dots1ModelConfig,
-    parallel: ParallelConfig,
-    dp: int,
-    stage: int,
-    layers: range,
-    *,
-    seq_len: int,
-    micro_batch_size: int,
-    microbatches: int,
-) -> StageMemory:
-    """Memory of one GPU in pipeline stage ``stage``, which holds decoder ``layers``."""
-    last = stage == parallel.pp - 1
-    held = counts.stage(layers, first=stage == 0, last=last)
-    expert_params = _divide(held.pop("routed_experts", 0), parallel.ep * parallel.etp, "routed experts over EP x ETP")
-    dense_params = sum(
-        _divide(n, parallel.tp, f"{role} over TP") if role in TP_SHARDED_ROLES else n for role, n in held.items()
-    )
-    params = dense_params + expert_params
-    optimizer_shards = _ceil_div(dense_params, dp * parallel.cp) + _ceil_div(
-        expert_params, expert_data_parallel_size(parallel, dp)
-    )
-
-    tokens = _divide(seq_len * micro_batch_size, parallel.tp * parallel.cp, "micro-batch tokens over TP x CP")
-    in_flight = min(parallel.pp - stage, microbatches)  # 1F1B: stage i holds pp - i micro-batches
-    per_token = sum(activation_bytes_per_token(config, parallel, moe=i >= config.num_dense_layers) for i in layers)
-    logits = FP32_BYTES * tokens * config.vocab_size if last else 0  # vocab/TP for tp x tokens
-    return StageMemory(
-        stage=stage,
-        layers=len(layers),
-        params=params,
-        expert_params=expert_params,
-        weights=BF16_BYTES * params,
-        grads=FP32_BYTES * params,
-        optimizer=ADAM_STATE_BYTES * params,
-        optimizer_distributed=ADAM_STATE_BYTES * optimizer_shards,
-        activations=in_flight * tokens * per_token + logits,
-    )
-
-
-def expert_data_parallel_size(parallel: ParallelConfig, dp: int) -> int:
-    """Replicas of each routed expert: megatron-core's expert-DP group spans DP x CP x TP / (EP x ETP)."""
-    return _divide(dp * parallel.cp * parallel.tp, parallel.ep * parallel.etp, "DP x CP x TP over EP x ETP")
-
-
-def _divide(a: int, b: int, what: str) -> int:
-    if a % b:
-        raise ValueError(f"{what}: {a} is not divisible by {b}")
-    return a // b
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def projected_gpu_hours(flops_per_token: int, tokens: float, gpu_flops: float, mfu: float) -> float:
-    """GPU-hours to train on ``tokens`` at ``mfu`` of ``gpu_flops`` (peak FLOP/s per GPU)."""
-    return tokens * flops_per_token / (gpu_flops * mfu) / 3600
-
-
-@dataclass(frozen=True)
-class Plan:
-    """Size, cost and per-GPU memory of training one model under one layout."""
-
-    model: str
-    layout: dict[str, int]  # tp, pp, ep, etp, cp, dp, expert_dp, gpus
-    params_by_role: dict[str, int]
-    total_params: int
-    active_params: int  # headline: includes the input embedding (dots.llm1's "14B active")
-    active_params_without_embedding: int
-    active_matmul_params: int
-    seq_len: int
-    flops_per_token: int
-    micro_batch_size: int
-    global_batch_tokens: int
-    microbatches_per_step: int
-    steps: int
-    stages: tuple[StageMemory, ...]
-    tokens: float
-    gpu_flops: float
-    mfu: float
-    gpu_hours: float
-    days: float
-
-    @property
-    def worst_stage(self) -> StageMemory:
-        """The pipeline stage needing the most memory per GPU (with the distributed optimizer)."""
-        return max(self.stages, key=lambda s: s.total_distributed)
-
-    def to_dict(self) -> dict[str, Any]:
-        stages = [{**asdict(s), "total": s.total, "total_distributed": s.total_distributed} for s in self.stages]
-        return {**asdict(self), "stages": stages, "worst_stage": self.worst_stage.stage}
-
-
-def make_plan(
-    config: Dots1ModelConfig,
-    parallel: ParallelConfig,
-    dp: int,
-    *,
-    seq_len: int = 8192,
-    micro_batch_size: int = 1,
-    global_batch_tokens: int = 64 * 2**20,
-    tokens: float = 11.2e12,
-    gpu_flops: float = 989e12,
-    mfu: float = 0.4,
-    first_stage_layers: int | None = None,
-    last_stage_layers: int | None = None,
-) -> Plan:
-    """Everything ``dotsllm plan`` reports, for ``config`` on ``dp`` replicas of ``parallel``."""
-    counts = model_parameter_counts(config)
-    gpus = dp * parallel.tp * parallel.pp * parallel.cp
-    parallel.data_parallel_size(gpus)  # the layout checks the trainer applies
-    microbatches = _divide(global_batch_tokens, seq_len * micro_batch_size * dp, "global batch over seq x mbs x DP")
-    layers = pipeline_stage_layers(config, parallel, first_stage_layers, last_stage_layers)
-    stages = tuple(
-        stage_memory(
-            counts,
-            config,
-            parallel,
-            dp,
-            stage,
-            stage_layers,
-            seq_len=seq_len,
-            micro_batch_size=micro_batch_size,
-            microbatches=microbatches,
-        )
-        for stage, stage_layers in enumerate(layers)
-    )
-    flops = training_flops_per_token(
-        counts.active_matmul, config.num_layers, config.num_attention_heads * config.head_dim, seq_len
-    )
-    gpu_hours = projected_gpu_hours(flops, tokens, gpu_flops, mfu)
-    return Plan(
-        model=config.name,
-        layout=dict(
-            tp=parallel.tp,
-            pp=parallel.pp,
-            ep=parallel.ep,
-            etp=parallel.etp,
-            cp=parallel.cp,
-            dp=dp,
-            expert_dp=expert_data_parallel_size(parallel, dp),
-            gpus=gpus,
-        ),
-        params_by_role=counts.by_role(),
-        total_params=counts.total,
-        active_params=counts.active,
-        active_params_without_embedding=counts.active_without_embedding,
-        active_matmul_params=counts.active_matmul,
-        seq_len=seq_len,
-        flops_per_token=flops,
-        micro_batch_size=micro_batch_size,
-        global_batch_tokens=global_batch_tokens,
-        microbatches_per_step=microbatches,
-        steps=_ceil_div(int(tokens), global_batch_tokens),
-        stages=stages,
-        tokens=tokens,
-        gpu_flops=gpu_flops,
-        mfu=mfu,
-        gpu_hours=gpu_hours,
-        days=gpu_hours / gpus / 24,
-    )
 
 
 def distributed_parameter_counts(model_chunks: list[torch.nn.Module], config: Dots1ModelConfig) -> ParameterCounts:
