@@ -60,4 +60,7 @@ stage "SFT" sft
 stage "GRPO" grpo
 stage "export to HF" export_hf
 stage "evaluation" evaluation
-dotsllm report --output $JOB/report.json
+dotsllm report --times $JOB/stages.tsv --data outputs/data_sample --pretrain runs/dots1-tiny \
+  --sft runs/dots1-tiny-sft --sft-eval $JOB/eval_pretrained.json $JOB/eval_sft.json \
+  --grpo runs/dots1-tiny-grpo --hf outputs/hf/dots1-tiny-grpo --export-eval $JOB/eval_grpo.json $JOB/eval_hf.json \
+  --output $JOB/report.json

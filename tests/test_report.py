@@ -101,3 +101,31 @@ def test_report_names_the_bad_line_of_the_times_file(job):
     (job / "stages.tsv").write_text("data pipeline\t11\npretraining 95\n")
     with pytest.raises(SystemExit, match=r"stages.tsv:2: expected stage<TAB>seconds"):
         main(report_args(job))
+
+
+def test_report_needs_every_input_named(job):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", "--output", str(job / "rows.json")])  # no demo paths to fall back on
+    assert exit_info.value.code == 2
+
+
+def test_report_rows_are_a_library_function_and_name_a_bad_eval_json(job):
+    from dotsllm.evaluation.report import JobOutputs, ReportError, report_rows
+
+    evals = job / "evals"
+    outputs = JobOutputs(
+        times=job / "stages.tsv", data=job / "data", pretrain=job / "pretrain", sft=job / "sft",
+        sft_eval=(evals / "before.json", evals / "after.json"), grpo=job / "grpo", hf=job / "hf",
+        export_eval=(str(evals / "ckpt.json"), str(evals / "hf.json")),
+    )  # fmt: skip
+    assert main(report_args(job)) == 0
+    assert report_rows(outputs) == json.loads((job / "rows.json").read_text())
+    (evals / "hf.json").write_text('{"tasks": ')
+    with pytest.raises(ReportError, match=r"hf.json: not JSON"):
+        report_rows(outputs)
+    with pytest.raises(SystemExit, match=r"dotsllm report: .*hf.json: not JSON"):
+        main(report_args(job))
+    (job / "hf" / "model-00001-of-00002.safetensors").unlink()
+    (job / "hf" / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(SystemExit, match=r"dotsllm report: .*hf holds no safetensors"):
+        main(report_args(job))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dotsllm.training.checkpoint import checkpoint_dir
+from dotsllm.training.checkpoint import checkpoint_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", type=checkpoint_dir,
-        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+        "checkpoint", type=checkpoint_argument,
+        help="a dotsllm checkpoint (a folder holding dotsllm.json), a run's checkpoints/ folder or the run directory (its latest complete one)",
     )  # fmt: skip
     parser.add_argument("--tokenizer", required=True, help="SentencePiece .model or HF tokenizer.json with the chat tokens")
     parser.add_argument("--prompt", help="answer this one message and exit")
@@ -29,30 +29,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dotsllm.convert.checkpoint_io import load_checkpoint_model
-    from dotsllm.inference import GenerationRequest, SamplingParams, generate
+    from dotsllm.inference import SamplingParams
+    from dotsllm.inference.chat import ChatSession
     from dotsllm.parallel import ParallelConfig
     from dotsllm.parallel.setup import init_distributed
-    from dotsllm.posttrain.chat import DEFAULT_SYSTEM, ChatTemplate, Message
+    from dotsllm.chat_template import DEFAULT_SYSTEM, ChatTemplate
     from dotsllm.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer(args.tokenizer)
-    template = ChatTemplate(tokenizer, DEFAULT_SYSTEM if args.system is None else args.system)
+    template = ChatTemplate(Tokenizer(args.tokenizer), DEFAULT_SYSTEM if args.system is None else args.system)
     init_distributed(ParallelConfig())
     chunks, _ = load_checkpoint_model(args.checkpoint)
     params = SamplingParams(
-        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        stop_token_ids=[template.stop_id],
-    )  # fmt: skip
-    messages: list[Message] = []
-
-    def answer(text: str) -> str:
-        messages.append(Message("user", text))
-        request = GenerationRequest(template.generation_prompt(messages), params, seed=args.seed + len(messages))
-        (result,) = generate(chunks, [request])
-        ids = result.tokens[:-1] if result.finish_reason == "stop" else result.tokens
-        reply = tokenizer.decode(ids)
-        messages.append(Message("assistant", reply))
-        return reply
+        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, max_new_tokens=args.max_new_tokens
+    )
+    answer = ChatSession(chunks, template, params, seed=args.seed).answer
 
     if args.prompt is not None:
         print(answer(args.prompt))

@@ -20,15 +20,15 @@ import json
 from pathlib import Path
 
 from dotsllm.evaluation.generation import SCORE_NAMES, SCORES
-from dotsllm.training.checkpoint import META_FILE, checkpoint_dir
+from dotsllm.training.checkpoint import checkpoint_or_hf_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
-        "checkpoint", type=checkpoint_dir,
-        help="a dotsllm checkpoint directory (holding dotsllm.json), a run's checkpoints/ folder (its latest), "
+        "checkpoint", type=checkpoint_or_hf_argument,
+        help="a dotsllm checkpoint (a folder holding dotsllm.json), a run's checkpoints/ folder or the run directory (its latest complete one), "
         "or a HF folder (config.json; generation tasks only)",
     )  # fmt: skip
     parser.add_argument(
@@ -67,74 +67,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
-    from rich.table import Table
 
-    from dotsllm.convert.checkpoint_io import load_checkpoint_model
-    from dotsllm.evaluation import exact_match, perplexity, read_tasks, token_windows
+    from dotsllm.evaluation.runner import EvaluationError, evaluate
     from dotsllm.parallel import ParallelConfig
-    from dotsllm.parallel.setup import init_distributed
-    from dotsllm.training.checkpoint import read_meta
 
-    files = [t for t in args.tasks if t != "perplexity"]
-    if "perplexity" in args.tasks and not args.data:
-        raise SystemExit("dotsllm eval: the perplexity task needs --data PREFIX...")
-    if files and not args.tokenizer:
-        raise SystemExit("dotsllm eval: generation tasks need --tokenizer")
-    tasks = {Path(f).stem: read_tasks(f) for f in files}  # fail early on a bad file
-
-    if is_hf_folder(args.checkpoint):
-        if "perplexity" in args.tasks:
-            raise SystemExit("dotsllm eval: perplexity needs a dotsllm checkpoint, not a HF folder")
-        chunks, meta, rank = load_hf_model(args.checkpoint), {"step": None, "tokens_seen": None}, 0
-    else:
-        etp = args.etp or (args.tp if args.ep == 1 else 1)
-        init_distributed(ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, vpp=args.vpp))
-        meta = read_meta(Path(args.checkpoint))
-        chunks, _ = load_checkpoint_model(args.checkpoint)
-        rank = torch.distributed.get_rank()
-    results = {
-        "checkpoint": str(args.checkpoint),
-        "step": meta["step"],
-        "tokens_seen": meta["tokens_seen"],
-        "tasks": {},
-    }
-    where = "HF folder" if meta["step"] is None else f"step {meta['step']}"
-    table = Table(title=f"{Path(args.checkpoint).name}, {where}")
-    for column in ("task", "metric", "value", "count"):
-        table.add_column(column)
-    if "perplexity" in args.tasks:
-        seq_len = args.seq_len or meta.get("seq_length") or 2048
-        result = perplexity(chunks, token_windows(args.data, seq_len, args.max_samples), args.batch_size)
-        results["tasks"]["perplexity"] = {**result.as_dict(), "seq_len": seq_len, "data": args.data}
-        table.add_row("perplexity", "perplexity", f"{result.perplexity:.4f}", f"{result.tokens:,} tokens")
-        table.add_row("", "mean loss", f"{result.mean_loss:.6f}", "")
-    if tasks:
-        from dotsllm.posttrain.chat import ChatTemplate
-        from dotsllm.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer(args.tokenizer, eod_token=args.eod_token)
-        template = ChatTemplate(tokenizer) if args.chat else None
-        for name, samples in tasks.items():
-            result = exact_match(
-                chunks, tokenizer, samples, args.max_new_tokens, args.batch_size, chat=template, score=args.score
-            )
-            results["tasks"][name] = result
-            table.add_row(name, SCORE_NAMES[args.score], f"{result['accuracy']:.4f}", f"{result['correct']}/{result['samples']}")
-    if rank == 0:
-        Console().print(table)
-        if args.output:
-            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    etp = args.etp or (args.tp if args.ep == 1 else 1)
+    try:
+        results = evaluate(
+            args.checkpoint, args.tasks, data=args.data, seq_len=args.seq_len, max_samples=args.max_samples,
+            tokenizer=args.tokenizer, eod_token=args.eod_token, max_new_tokens=args.max_new_tokens, chat=args.chat,
+            score=args.score, batch_size=args.batch_size,
+            parallel=ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, vpp=args.vpp),
+        )  # fmt: skip
+    except EvaluationError as e:
+        raise SystemExit(f"dotsllm eval: {e}") from None
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return 0
+    Console().print(results_table(results))
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     return 0
 
 
-def is_hf_folder(path: Path) -> bool:
-    return (path / "config.json").is_file() and not (path / META_FILE).is_file()
+def results_table(results: dict):
+    """The rich table of :func:`dotsllm.evaluation.runner.evaluate`'s results: one row per task metric."""
+    from rich.table import Table
 
-
-def load_hf_model(path: Path):
-    """The HF folder's causal LM in fp32, on CUDA when there is one."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
+    where = "HF folder" if results["step"] is None else f"step {results['step']}"
+    table = Table(title=f"{Path(results['checkpoint']).name}, {where}")
+    for column in ("task", "metric", "value", "count"):
+        table.add_column(column)
+    for name, result in results["tasks"].items():
+        if "perplexity" in result:
+            table.add_row(name, "perplexity", f"{result['perplexity']:.4f}", f"{result['tokens']:,} tokens")
+            table.add_row("", "mean loss", f"{result['mean_loss']:.6f}", "")
+        else:
+            count = f"{result['correct']}/{result['samples']}"
+            table.add_row(name, SCORE_NAMES[result["score"]], f"{result['accuracy']:.4f}", count)
+    return table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from dotsllm.training.checkpoint import checkpoint_dir
+from dotsllm.training.checkpoint import checkpoint_argument
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
@@ -20,8 +20,8 @@ def parse_size(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "checkpoint", type=checkpoint_dir,
-        help="a dotsllm checkpoint directory (holding dotsllm.json), or a run's checkpoints/ folder (its latest)",
+        "checkpoint", type=checkpoint_argument,
+        help="a dotsllm checkpoint (a folder holding dotsllm.json), a run's checkpoints/ folder or the run directory (its latest complete one)",
     )  # fmt: skip
     parser.add_argument("out", help="output folder (new or empty)")
     tok = parser.add_mutually_exclusive_group()

@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import torch
 
 from dotsllm.inference import GenerationRequest, GenerationResult, SamplingParams, generate_data_parallel
-from dotsllm.posttrain.chat import ChatTemplate, Message
+from dotsllm.jsonl import read_jsonl
+from dotsllm.chat_template import ChatTemplate, Message
 from dotsllm.posttrain.grpo import reward_functions
 
 SCORES = {"exact": reward_functions.exact_match, "math": reward_functions.math_accuracy}  # GRPO's rewards
@@ -39,13 +40,9 @@ class TextTokenizer(Protocol):
 def read_tasks(path: str | Path) -> list[dict[str, str]]:
     """The samples of a JSONL task file; a bad line is named by number."""
     samples = []
-    for number, line in enumerate(Path(path).read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            sample = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not JSON: {e}") from e
+    for number, sample in read_jsonl(path):
+        if isinstance(sample, json.JSONDecodeError):
+            raise ValueError(f"{path}:{number}: not JSON: {sample}") from sample
         if not (
             isinstance(sample, dict) and isinstance(sample.get("prompt"), str) and isinstance(sample.get("answer"), str)
         ):
@@ -97,8 +94,7 @@ def exact_match(
     for start in range(0, len(order), step):
         chunk = order[start : start + step]
         for i, result in zip(chunk, run(model, [requests[i] for i in chunk])):
-            ids = result.tokens[:-1] if result.finish_reason == "stop" else result.tokens
-            predictions[i] = tokenizer.decode(ids)
+            predictions[i] = tokenizer.decode(result.completion)
     verdicts = score_predictions(predictions, [s["answer"] for s in samples], score)
     details = [{**s, "prediction": p, "correct": c} for s, p, c in zip(samples, predictions, verdicts)]
     correct = sum(verdicts)

@@ -56,6 +56,19 @@ class GenerationResult:
     finish_reason: Literal["stop", "length"]
     routing: torch.Tensor | None = field(default=None, compare=False)
 
+    @property
+    def completion(self) -> list[int]:
+        """The generated ids without the stop token that ended generation (the text to decode)."""
+        return completion_ids(self.tokens, self.finish_reason == "stop")
+
+
+def completion_ids(tokens: Sequence[int], stopped: bool) -> list[int]:
+    """A completion's ids without its stop token: ``tokens`` but the last when generation ``stopped``
+    on a stop token (which then ends ``tokens``), else all of them."""
+    if stopped and not tokens:
+        raise ValueError("completion_ids: stopped on a stop token, but there are no tokens")
+    return list(tokens[:-1] if stopped else tokens)
+
 
 @torch.no_grad()
 def generate(

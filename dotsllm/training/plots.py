@@ -1,5 +1,5 @@
 """PNG plots of a run's ``metrics.jsonl``: loss and learning rate, the MoE expert load, the
-zero-sum-learning metrics, GRPO's rewards; and the loss-deceleration fit of ``dotsllm analyze deceleration``."""
+zero-sum-learning metrics, GRPO's rewards (``dotsllm plot``, and at the end of every run)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.cm import ScalarMappable
@@ -15,11 +14,9 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure  # no pyplot: figures render with Agg and hold no global state
 from matplotlib.ticker import EngFormatter, FormatStrFormatter, MaxNLocator, ScalarFormatter
 
-from dotsllm.analysis.zero_sum import RECORD_KEYS as ZSL_KEYS
+from dotsllm.training.zero_sum import RECORD_KEYS as ZSL_KEYS
+from dotsllm.jsonl import read_jsonl
 from dotsllm.training.metrics import METRICS_FILE
-
-if TYPE_CHECKING:  # the deceleration module reads metrics with this one
-    from dotsllm.analysis.deceleration import DecelerationFit, LossCurve
 
 FIGSIZE, DPI = (10, 6.5), 100
 
@@ -42,13 +39,9 @@ def read_metrics(path: str | Path) -> RunMetrics:
     if not path.is_file():
         raise MetricsFileError(f"{path}: no such metrics file")
     train, valid, zsl, heldout = {}, {}, {}, {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise MetricsFileError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+    for lineno, record in read_jsonl(path):
+        if isinstance(record, json.JSONDecodeError):
+            raise MetricsFileError(f"{path}:{lineno}: not JSON ({record.msg})") from None
         missing = [k for k in ("step", "tokens_seen") if not isinstance(record, dict) or k not in record]
         if missing:
             raise MetricsFileError(f"{path}:{lineno}: record without {', '.join(missing)}")
@@ -201,44 +194,6 @@ def grpo_figure(metrics: RunMetrics) -> Figure | None:
     for ax in (reward_ax, policy_ax, length_ax):
         ax.grid(alpha=0.3)
     length_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return fig
-
-
-def deceleration_figure(curve: LossCurve, fit: DecelerationFit, budget: float | None = None) -> Figure:
-    """Loss and its broken-power-law fit, log-log, with t_d (±1σ) and the projection to the budget."""
-    law = fit.law
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    ax.plot(curve.x, curve.loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss")
-    ax.plot(fit.x, fit.loss, "o", color="C0", markersize=3, label="smoothed points fitted")
-    x = np.geomspace(fit.x[0], fit.x[-1], 400)
-    ax.plot(x, law.loss(x), color="C3", linewidth=1.8, label=f"broken power law (RSLE {fit.rsle:.4f})")
-    end = fit.x[-1]
-    if budget and budget > end:
-        x = np.geomspace(end, budget, 100)
-        ax.plot(x, law.loss(x), "--", color="C3", linewidth=1.2)
-        end = budget
-    for segment, slope in (((fit.x[0], law.t_d), law.c0), ((law.t_d, end), law.r_d)):  # the two power laws
-        segment = np.array(segment)
-        ax.plot(segment, law.L_d * (segment / law.t_d) ** -slope, ":", color="C3", linewidth=1.2)
-    ax.axvline(law.t_d, color="C1", linewidth=1.2, label=f"$t_d$ = {law.t_d:.4g}, $L_d$ = {law.L_d:.4f}")
-    ax.axvspan(*fit.t_d_range, color="C1", alpha=0.15)
-    if budget:
-        projected = law.projected_loss(budget)
-        ax.plot([budget], [projected], "s", color="C4", label=rf"$\hat{{L}}_T$ = {projected:.4f} at T = {budget:.4g}")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(ScalarFormatter())
-    ax.yaxis.set_minor_formatter(ScalarFormatter())
-    ax.set_xlabel("tokens seen" if curve.x_axis == "tokens" else "step")
-    ax.set_ylabel("loss")
-    ax.set_title(
-        f"loss deceleration: log-log slope {law.c0:.3f} before $t_d$, $r_d$ = {law.r_d:.4f} after"
-        + (" (break at the edge of the data)" if fit.break_at_edge else ""),
-        loc="left",
-    )
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize="small")
     return fig
 
 

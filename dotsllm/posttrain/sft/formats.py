@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dotsllm.posttrain.chat import Message
+from dotsllm.jsonl import read_jsonl
+from dotsllm.chat_template import Message
 
 # ShareGPT's ``from`` values (and OpenAI's roles) → template roles
 ROLE_NAMES = {
@@ -66,14 +67,9 @@ def read_records(path: str) -> Iterator[tuple[int, Any]]:
     JSON comes as ``(line, Rejected)``."""
     local = Path(path)
     if local.is_file() and local.suffix == ".jsonl":
-        with local.open(encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield number, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield number, Rejected(path, number, f"bad_json: {e}")
+        for number, record in read_jsonl(local):
+            bad = isinstance(record, json.JSONDecodeError)
+            yield number, Rejected(path, number, f"bad_json: {record}") if bad else record
         return
     yield from enumerate(_load_dataset(path), start=1)
 
