@@ -21,9 +21,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from dotsllm.posttrain.grpo.config import GRPOConfig
 from dotsllm.posttrain.grpo.rollout import BuiltinRollout, rollout
-from dotsllm.posttrain.grpo.trainer import GRPOTrainer
+from dotsllm.recipes.grpo import GRPO
+from dotsllm.train import Trainer
 from timing import best_time
 
 PHASES = (("rollout", "rollout_s"), ("rewards", "reward_s"), ("log-prob pass", "logprob_s"), ("updates", "update_s"))
@@ -42,12 +42,11 @@ def main() -> None:
         *args.overrides, f"run_dir={run_dir}", f"training.steps={args.steps}", "eval.path=null",
         "checkpoint.save_every_steps=0", "logging.wandb_mode=disabled",
     ]  # fmt: skip
-    config = GRPOConfig.load(args.config, overrides)
-    trainer = GRPOTrainer(config)
+    config = GRPO.config.load(args.config, overrides)
+    trainer = Trainer(GRPO, config)
     console = Console()
     try:
-        prompts = trainer.data.microbatches(0)
-        records = [trainer.step(prompts) for _ in range(args.steps)]
+        records = [trainer.train_step().record for _ in range(args.steps)]
         table = Table(title=f"GRPO step time split, {args.steps} steps of {args.config} (median, wall)")
         for column in ("phase", "seconds", "share of the step"):
             table.add_column(column, justify="right" if column != "phase" else "left")
@@ -70,7 +69,7 @@ def main() -> None:
             settings = dataclasses.replace(config.rollout, share_prompt_prefill=share)
             backend = BuiltinRollout(trainer.model_chunks, settings)
             timings[share] = best_time(
-                lambda: rollout(backend, chosen, settings, trainer.stop_token, config.training.seed), args.repeats
+                lambda: rollout(backend, chosen, settings, trainer.step_strategy.stop_token, config.training.seed), args.repeats
             )
         (shared_s, shared), (each_s, each) = timings[True], timings[False]
         if [s.response for s in shared] != [s.response for s in each]:
@@ -88,7 +87,7 @@ def main() -> None:
         console.print(table)
         console.print(f"shared prefill: {each_s / shared_s:.2f}x the tokens/s of per-sample prefill")
     finally:
-        trainer.rewards.close()
+        trainer.step_strategy.close()
         trainer.metrics.close()
 
 

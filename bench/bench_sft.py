@@ -30,10 +30,10 @@ from dotsllm.model import Dots1ModelConfig
 
 from dotsllm.parallel import ParallelConfig
 from dotsllm.parallel.setup import init_distributed
-from dotsllm.posttrain.chat import ChatTemplate
+from dotsllm.chat_template import ChatTemplate
 from dotsllm.posttrain.sft.data import SampleBuilder, SFTDataConfig, SFTSource, epoch_rows
 from dotsllm.posttrain.sft.packing import build_row, collate
-from dotsllm.posttrain.sft.trainer import sft_forward_step
+from dotsllm.posttrain.sft.forward import sft_forward_step
 from dotsllm.tokenizer import Tokenizer, train_sentencepiece
 from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 from dotsllm.training.step import train_step
@@ -93,8 +93,8 @@ def main() -> None:
         "packed": sum(slots) / (len(packed_rows) * args.seq_length),
         "one per row": sum(slots) / (len(single_rows) * args.seq_length),
     }
-    settings = OptimizerSettings(lr=1e-4, use_distributed_optimizer=False)
-    chunks, optimizer = build_model_and_optimizer(Dots1ModelConfig.from_preset("dots1-tiny"), ParallelConfig(), "fp32", settings)
+    settings = OptimizerSettings(use_distributed_optimizer=False)
+    chunks, optimizer = build_model_and_optimizer(Dots1ModelConfig.from_preset("dots1-tiny"), ParallelConfig(), "fp32", settings, 1e-4)
 
     table = Table(title=f"SFT on the demo set: {len(samples)} conversations, {sum(slots):,} tokens, "
                         f"rows of {args.seq_length}, {args.rows} rows per step, dots1-tiny fp32")  # fmt: skip

@@ -4,7 +4,8 @@
 
 One process (gloo, a world of one), torch/OMP threads fixed by ``--threads``.
 
-- loop: ``Trainer.step()`` (one iteration of ``Trainer.train()``) plus its stop-signal check, on a
+- loop: ``Trainer.train_step()`` (one iteration of ``Trainer.train()``, pretraining's recipe) plus its
+  stop-signal check, on a
   generated token shard, logging every step (wandb off, checkpoint saves off): data loading, the
   batch checksum, LR and weight decay setting, the per-token loss reduction, the finite-gradient
   check, aux-loss and expert-load collection and logging all count.
@@ -67,11 +68,10 @@ def main() -> None:
 
     profiler = cProfile.Profile() if args.profile else None
     bare_times, loop_times = [], []
-    microbatches = trainer.data.microbatches(trainer.state.consumed_samples)
     for step in range(args.warmup + args.steps):
         start = _now()
         with profiler or contextlib.nullcontext():
-            trainer.step(microbatches)
+            trainer.train_step()
             trainer.stop.agreed()
         looped = _now()
         bare_step(step)
@@ -100,7 +100,8 @@ def make_trainer(args: argparse.Namespace, work: Path):
     sys.path.insert(0, str(REPO / "tests"))
     from shards import write_shard
 
-    from dotsllm.train import PretrainConfig, Trainer
+    from dotsllm.recipes.pretrain import PRETRAIN, PretrainConfig
+    from dotsllm.train import Trainer
 
     prefix = write_shard(work / "shards" / "bench", 600, VOCAB, EOD)
     config = PretrainConfig.load(
@@ -124,7 +125,7 @@ def make_trainer(args: argparse.Namespace, work: Path):
             "logging.wandb_mode=disabled",
         ],
     )
-    return Trainer(config)
+    return Trainer(PRETRAIN, config)
 
 
 def make_bare_step(args: argparse.Namespace, trainer):
@@ -138,7 +139,7 @@ def make_bare_step(args: argparse.Namespace, trainer):
 
     config = trainer.config
     [model], optimizer = build_model_and_optimizer(
-        trainer.model_cfg, config.parallel, config.training.precision, config.optimizer
+        trainer.model_cfg, config.parallel, config.training.precision, config.optimizer, config.lr_schedule.peak_lr
     )
     model.module.load_state_dict(trainer.model_chunks[0].module.state_dict())
     mbs, per_step = args.micro_batch_size, args.micro_batch_size * args.microbatches

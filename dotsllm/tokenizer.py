@@ -101,3 +101,12 @@ def train_sentencepiece(texts: Iterable[str], model_prefix: str, vocab_size: int
         minloglevel=2,
     )
     return f"{model_prefix}.model"
+
+
+def check_vocabulary(tokenizer_vocab: int, model_vocab: int, tokenizer: str) -> None:
+    """A tokenizer's ids must be rows of the model's embedding (which may be padded past them)."""
+    if tokenizer_vocab > model_vocab:
+        raise ValueError(
+            f"{tokenizer} has {tokenizer_vocab} tokens, more than the model's vocab_size {model_vocab}: "
+            "the model was built for another tokenizer"
+        )

@@ -14,14 +14,14 @@ from dotsllm.analysis.deceleration import (
     MIN_POINTS,
     BrokenPowerLaw,
     LossCurve,
-    budget_from_config,
     fit_broken_power_law,
     log_moving_average,
     points_to_fit,
     read_loss_curve,
 )
-from dotsllm.analysis.zero_sum import loss_change_sums, stats_from_sums, zero_sum_stats
+from dotsllm.training.zero_sum import loss_change_sums, stats_from_sums, zero_sum_stats
 from dotsllm.cli import main
+from dotsllm.recipes.pretrain import PretrainConfig
 from dotsllm.training.plots import DPI, FIGSIZE
 
 # (b, c0, c1, d1, f1, last step, log interval): breaks sharp and smooth, early and late, like the
@@ -134,8 +134,7 @@ def test_command_writes_the_fit_as_png_and_json(tmp_path, capsys):
 
 def test_budget_from_the_config_is_where_its_batch_ramp_reaches_train_tokens():
     # dots1-tiny: 48 steps of 1024 tokens, then 24 of 2048 (the README's 72 steps)
-    assert budget_from_config("configs/pretrain/dots1-tiny.yaml", "step") == 72
-    assert budget_from_config("configs/pretrain/dots1-tiny.yaml", "tokens") == 98304
+    assert PretrainConfig.load("configs/pretrain/dots1-tiny.yaml").budget() == (72, 98304)
 
 
 # ---- zero-sum learning -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from dotsllm.model import Dots1ModelConfig
 
 from dotsllm.parallel import ParallelConfig
-from dotsllm.train import PretrainConfig
+from dotsllm.recipes.pretrain import PretrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "pretrain" / "dots1-tiny.yaml"
@@ -25,7 +25,7 @@ def test_model_overrides_are_coerced_to_the_field_type():
     assert model.num_layers == 6 and isinstance(model.num_layers, int)
     with pytest.raises(ValueError, match=r"unknown model config field\(s\) \['moe_aux_loss_coef'\]"):
         Dots1ModelConfig.from_preset("dots1-tiny", **{"moe_aux_loss_coef": 1e-3})
-    with pytest.raises(ValueError, match=r"moe_aux_loss_coeff: expected a number, got 'lots'"):
+    with pytest.raises(ValueError, match=r"moe_aux_loss_coeff: expected a float, got 'lots'"):
         Dots1ModelConfig.from_preset("dots1-tiny", moe_aux_loss_coeff="lots")
 
 

@@ -98,7 +98,7 @@ def test_import_round_trips_the_checkpoint_bit_for_bit(trained, exported, tmp_pa
     meta = read_meta(imported)
     assert (meta["kind"], meta["step"], meta["tokens_seen"], meta["has_optimizer"]) == ("imported", 0, 0, False)
     assert meta["model"] == {**read_meta(ckpt)["model"], "name": out.name} and meta["trainer"] == "import"
-    assert meta["parallel"] is None and meta["train_state"] == {"step": 0, "consumed_samples": 0, "nonfinite_skipped": 0}
+    assert meta["parallel"] is None and meta["train_state"] == {"step": 0, "consumed_samples": 0, "tokens_seen": 0, "nonfinite_skipped": 0}
 
     original = dist_checkpointing.load_plain_tensors(str(ckpt))
     again = {
@@ -114,7 +114,8 @@ def test_pretraining_starts_from_an_imported_transformers_model(megatron_world, 
     """The trainer loads the import (no optimizer state) and its first loss is transformers' on that batch."""
     from dotsllm.convert import megatron_to_hf
     from dotsllm.model import Dots1ModelConfig
-    from dotsllm.train import PretrainConfig, Trainer
+    from dotsllm.recipes.pretrain import PRETRAIN, PretrainConfig
+    from dotsllm.train import Trainer
 
     cfg = Dots1ModelConfig.from_preset("dots1-tiny")
     torch.manual_seed(5)
@@ -133,7 +134,7 @@ def test_pretraining_starts_from_an_imported_transformers_model(megatron_world, 
     ))  # fmt: skip
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
-        trainer = Trainer(config)
+        trainer = Trainer(PRETRAIN, config)
         loaded = dict(megatron_to_hf(trainer.model_chunks[0].module.state_dict().items(), cfg))
         expected = {k: v for f in (tmp_path / "hf").glob("*.safetensors") for k, v in load_file(f).items()}
         assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)

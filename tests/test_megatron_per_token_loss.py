@@ -19,7 +19,7 @@ def _grads(model_cfg, per_token: bool, batches):
     torch.manual_seed(0)
     model = build_model(model_cfg, config_overrides={"calculate_per_token_loss": per_token})
     ddp = wrap_with_ddp([model], use_distributed_optimizer=False)
-    optimizer = build_optimizer(ddp, OptimizerSettings(use_distributed_optimizer=False))
+    optimizer = build_optimizer(ddp, OptimizerSettings(use_distributed_optimizer=False), lr=3e-4)
     ddp[0].config.finalize_model_grads_func = finalize_model_grads
     ddp[0].config.grad_scale_func = optimizer.scale_loss
 

@@ -17,7 +17,7 @@ def distributed_adam(tiny_config):
 
     torch.manual_seed(0)
     settings = OptimizerSettings(use_distributed_optimizer=True)
-    chunks, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings)
+    chunks, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings, lr=3e-4)
     return chunks[0], optimizer
 
 

@@ -71,8 +71,8 @@ def test_expert_bias_moves_toward_balance(megatron_world, tiny_config):
     rate = 1e-2
     cfg = tiny_config.__class__(**{**tiny_config.__dict__, "moe_router_bias_update_rate": rate})
     # lr = 0: only the expert bias (updated in finalize_model_grads, not by the optimizer) changes.
-    settings = OptimizerSettings(lr=0.0, weight_decay=0.0, use_distributed_optimizer=False)
-    ddp, optimizer = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings)
+    settings = OptimizerSettings(weight_decay=0.0, use_distributed_optimizer=False)
+    ddp, optimizer = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings, lr=0.0)
     model = ddp[0].module
     batch = make_lm_batch(torch.randint(0, cfg.vocab_size, (8, 65), generator=torch.Generator().manual_seed(1)))
     routers = moe_routers(model)

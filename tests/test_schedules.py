@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from dotsllm.config_loading import apply_overrides, from_dict
-from dotsllm.train import PretrainConfig
+from dotsllm.recipes.pretrain import PretrainConfig
 from dotsllm.training.data import StepBatchSampler, parse_blend
 from dotsllm.training.schedules import BatchRamp, WSDSchedule
 
@@ -99,7 +99,7 @@ def test_blend_and_overrides():
     assert values == {"training": {"seq_length": 16}, "parallel": {"ep": 2}, "data": {"blend": ["x"]}}
     config = from_dict(PretrainConfig, {**values, "run_dir": "r"})
     assert config.training.seq_length == 16 and config.parallel.ep == 2
-    with pytest.raises(ValueError, match=r"config\.training: unknown key\(s\) \['seq_lenght'\]"):
+    with pytest.raises(ValueError, match=r"config: training: unknown key\(s\) \['seq_lenght'\]"):
         from_dict(PretrainConfig, {"run_dir": "r", "training": {"seq_lenght": 4}})
     with pytest.raises(ValueError, match="key=value"):
         apply_overrides({}, ["training.seq_length"])

@@ -47,7 +47,7 @@ def inputs(tmp_path_factory):
 def overrides(inputs, run_dir, *extra):
     train, tokenizer = inputs
     return [
-        f"run_dir={run_dir}", f"data.sources=[{{path: {train}, weight: 1.5}}, {{path: {BAD}}}]", "data.valid=[]",
+        f"run_dir={run_dir}", "model=dots1-tiny", f"data.sources=[{{path: {train}, weight: 1.5}}, {{path: {BAD}}}]", "data.valid=[]",
         f"data.tokenizer={tokenizer}", "data.overlong=drop", "data.epochs=1", "training.seq_length=128",
         "training.micro_batch_size=2", "training.global_batch_size=4", "training.eval_interval=0",
         "checkpoint.load_from=null", "checkpoint.save_every_steps=3", "logging.log_interval=1", *extra,
@@ -122,7 +122,7 @@ def test_chat_eval_and_export_share_the_template(inputs, reference, tmp_path, me
     from transformers import AutoTokenizer
 
     from dotsllm import cli
-    from dotsllm.posttrain.chat import ChatTemplate, Message
+    from dotsllm.chat_template import ChatTemplate, Message
     from dotsllm.tokenizer import Tokenizer
     from dotsllm.training.checkpoint import latest_checkpoint
 

@@ -1,5 +1,6 @@
-"""A post-training trainer swaps the Trainer's parts: its forward step (the loss) and its train state,
-which the one checkpoint schema saves and restores."""
+"""A recipe composes the trainer's parts: here pretraining's spec with another step strategy (a loss on
+half of each row) and a train state with a counter of its own, which the one checkpoint schema saves and
+restores. No trainer subclass."""
 
 import dataclasses
 import signal
@@ -7,8 +8,10 @@ import signal
 import pytest
 import torch
 
-from dotsllm.train import PretrainConfig, Trainer
+from dotsllm.recipes.pretrain import PRETRAIN, PretrainConfig
+from dotsllm.train import Trainer
 from dotsllm.training.checkpoint_state import CheckpointMeta, TrainState
+from dotsllm.training.lm_step import LMStep
 from dotsllm.training.step import lm_forward_step, masked_token_loss
 from pretrain_runs import TINY_CONFIG
 from shards import write_shard
@@ -33,17 +36,24 @@ def first_half_loss(data_iterator, model):
     return output, loss
 
 
-class HalfRowTrainer(Trainer):
-    trainer_name = "half-row"
-    forward_step = staticmethod(first_half_loss)
+class CountingStep:
+    """LMStep with the half-row loss, counting the loss tokens into the recipe's own state field."""
 
-    def build_train_state(self) -> CountingState:
-        return CountingState()
+    def __init__(self, parts):
+        config = parts.config
+        self.lm = LMStep(
+            parts, first_half_loss, diagnostics=config.diagnostics, train_tokens=config.training.train_tokens,
+            data_end="data exhausted",
+        )  # fmt: skip
+        self.end_reason, self.validate, self.close = self.lm.end_reason, self.lm.validate, self.lm.close
 
-    def step(self, microbatches):
-        result = super().step(microbatches)
-        self.state.answers_seen += result["tokens"]
-        return result
+    def step(self, state, lr):
+        outcome = self.lm.step(state, lr)
+        outcome.counters["answers_seen"] = outcome.record["loss_tokens"]
+        return outcome
+
+
+HALF_ROW = dataclasses.replace(PRETRAIN, name="half-row", build_step=CountingStep, state=CountingState)
 
 
 @pytest.fixture
@@ -54,22 +64,23 @@ def restore_signals():
         signal.signal(s, handler)
 
 
-def test_swapped_loss_and_train_state_are_trained_and_checkpointed(megatron_world, tmp_path, restore_signals):
+def test_swapped_step_and_train_state_are_trained_and_checkpointed(megatron_world, tmp_path, restore_signals):
     shard = write_shard(tmp_path / "shards" / "train", 200, VOCAB, EOD)
     overrides = [
         f"run_dir={tmp_path / 'run'}", f"data.blend=[{shard}]", f"data.vocab_size={VOCAB}", f"data.eod_id={EOD}",
         "training.train_tokens=2048", "training.eval_interval=0", "checkpoint.milestone_every_tokens=0",
         "checkpoint.save_every_steps=0", "logging.wandb_mode=disabled",
     ]  # fmt: skip
-    trainer = HalfRowTrainer(PretrainConfig.load(TINY_CONFIG, overrides))
+    trainer = Trainer(HALF_ROW, PretrainConfig.load(TINY_CONFIG, overrides))
     try:
         assert trainer.train() == "token budget reached"
     finally:
         trainer.metrics.close()
-    assert trainer.state == CountingState(step=2, consumed_samples=16, answers_seen=2 * 8 * 64)  # half of 128 per row
+    # 2 steps of 8 rows of 128 tokens; the loss counts half of each row
+    assert trainer.state == CountingState(step=2, consumed_samples=16, tokens_seen=2048, answers_seen=2 * 8 * 64)
     meta = CheckpointMeta.read(tmp_path / "run" / "checkpoints" / "step_00000002")
     assert meta.trainer == "half-row" and meta.train_state["answers_seen"] == 1024
 
-    resumed = HalfRowTrainer(PretrainConfig.load(TINY_CONFIG, overrides))
+    resumed = Trainer(HALF_ROW, PretrainConfig.load(TINY_CONFIG, overrides))
     resumed.metrics.close()
-    assert resumed.state == trainer.state  # the subclass's own progress came back
+    assert resumed.state == trainer.state  # the recipe's own progress came back

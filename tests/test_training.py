@@ -25,7 +25,7 @@ def test_reported_loss_does_not_depend_on_the_microbatch_split(megatron_world, t
     for micro in (4, 2, 1):
         torch.manual_seed(0)
         settings = OptimizerSettings(use_distributed_optimizer=False)
-        ddp, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings)
+        ddp, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings, lr=3e-4)
         batches = [make_lm_batch(tokens[i : i + micro]) for i in range(0, 4, micro)]
         losses.append(train_step(ddp, optimizer, iter(batches), len(batches), micro, 64)["loss"])
     assert losses[0] > 8.0  # ~ln(vocab) at initialization
@@ -37,7 +37,7 @@ def test_norms_and_biases_get_no_weight_decay(megatron_world, tiny_config):
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer, set_lr_and_weight_decay
 
     settings = OptimizerSettings(use_distributed_optimizer=False)
-    ddp, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings)
+    ddp, optimizer = build_model_and_optimizer(tiny_config, ParallelConfig(), "fp32", settings, lr=3e-4)
     set_lr_and_weight_decay(optimizer, 2e-4, 0.1)
     decay_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
     assert all(g["lr"] == 2e-4 for g in optimizer.param_groups)
@@ -58,14 +58,14 @@ def _lm_batches(vocab_size: int, shape: tuple[int, int, int], seed: int = 3):
     return [make_lm_batch(t) for t in tokens]
 
 
-def _trainer_parts(model_cfg, **settings):
+def _trainer_parts(model_cfg, lr=0.0, **settings):
     from dotsllm.parallel import ParallelConfig
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     torch = __import__("torch")
     torch.manual_seed(0)
-    full = dict(lr=0.0, weight_decay=0.0, clip_grad=0.0, use_distributed_optimizer=False) | settings
-    return build_model_and_optimizer(model_cfg, ParallelConfig(), "fp32", OptimizerSettings(**full))
+    full = dict(weight_decay=0.0, clip_grad=0.0, use_distributed_optimizer=False) | settings
+    return build_model_and_optimizer(model_cfg, ParallelConfig(), "fp32", OptimizerSettings(**full), lr=lr)
 
 
 def test_loss_and_gradients_are_the_token_mean_over_micro_batches(megatron_world, tiny_config):

@@ -44,8 +44,11 @@ import numpy as np
 from scipy.optimize import curve_fit
 from scipy.signal import savgol_filter
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import ScalarFormatter
+
 from dotsllm.training.metrics import METRICS_FILE
-from dotsllm.training.plots import read_metrics
+from dotsllm.training.plots import DPI, FIGSIZE, read_metrics
 
 SMOOTHING_RATIO = 1.2  # the log moving average's window is [x / 1.2, x] (the paper's b = 1.2)
 DEFAULT_SKIP_STEPS = 100
@@ -228,17 +231,6 @@ def _initial_parameters(log_x: np.ndarray, log_y: np.ndarray, log_d1: float) -> 
     return np.array([intercept0, -slope0, slope0 - slope1, log_d1, 0.3])
 
 
-def budget_from_config(config_path: str | Path, x_axis: str) -> float:
-    """The run's budget T from its pretrain config: where ``training.train_tokens`` ends the run,
-    in steps or tokens seen (the trainer's last step is whole, so T can overshoot by one batch)."""
-    from dotsllm.train import PretrainConfig
-
-    config = PretrainConfig.load(config_path)
-    seq_length = config.training.seq_length
-    steps, samples = config.batch_ramp.samples_to_reach(config.training.train_tokens, seq_length, 1)
-    return float(samples * seq_length if x_axis == "tokens" else steps)
-
-
 def summary(
     curve: LossCurve, fit: DecelerationFit, steps: tuple[int, int | None], budget: float | None, budget_source: str
 ) -> dict:
@@ -278,3 +270,41 @@ def _finite_or_none(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def deceleration_figure(curve: LossCurve, fit: DecelerationFit, budget: float | None = None) -> Figure:
+    """Loss and its broken-power-law fit, log-log, with t_d (±1σ) and the projection to the budget."""
+    law = fit.law
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    ax.plot(curve.x, curve.loss, color="C0", alpha=0.3, linewidth=0.8, label="train loss")
+    ax.plot(fit.x, fit.loss, "o", color="C0", markersize=3, label="smoothed points fitted")
+    x = np.geomspace(fit.x[0], fit.x[-1], 400)
+    ax.plot(x, law.loss(x), color="C3", linewidth=1.8, label=f"broken power law (RSLE {fit.rsle:.4f})")
+    end = fit.x[-1]
+    if budget and budget > end:
+        x = np.geomspace(end, budget, 100)
+        ax.plot(x, law.loss(x), "--", color="C3", linewidth=1.2)
+        end = budget
+    for segment, slope in (((fit.x[0], law.t_d), law.c0), ((law.t_d, end), law.r_d)):  # the two power laws
+        segment = np.array(segment)
+        ax.plot(segment, law.L_d * (segment / law.t_d) ** -slope, ":", color="C3", linewidth=1.2)
+    ax.axvline(law.t_d, color="C1", linewidth=1.2, label=f"$t_d$ = {law.t_d:.4g}, $L_d$ = {law.L_d:.4f}")
+    ax.axvspan(*fit.t_d_range, color="C1", alpha=0.15)
+    if budget:
+        projected = law.projected_loss(budget)
+        ax.plot([budget], [projected], "s", color="C4", label=rf"$\hat{{L}}_T$ = {projected:.4f} at T = {budget:.4g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(ScalarFormatter())
+    ax.yaxis.set_minor_formatter(ScalarFormatter())
+    ax.set_xlabel("tokens seen" if curve.x_axis == "tokens" else "step")
+    ax.set_ylabel("loss")
+    ax.set_title(
+        f"loss deceleration: log-log slope {law.c0:.3f} before $t_d$, $r_d$ = {law.r_d:.4f} after"
+        + (" (break at the edge of the data)" if fit.break_at_edge else ""),
+        loc="left",
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    return fig

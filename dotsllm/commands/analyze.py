@@ -35,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dotsllm.analysis import deceleration
-    from dotsllm.training.plots import deceleration_figure
 
     x_axis = "tokens" if args.tokens else "step"
     try:
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output) if args.output else Path(args.run_dir) / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     png, json_path = out / "deceleration.png", out / "deceleration.json"
-    deceleration_figure(curve, fit, budget).savefig(png)
+    deceleration.deceleration_figure(curve, fit, budget).savefig(png)
     json_path.write_text(json.dumps(numbers, indent=2) + "\n")
     _print_table(numbers)
     print(png)
@@ -59,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _budget(args: argparse.Namespace, x_axis: str) -> tuple[float | None, str]:
     """The budget T in the unit of the x axis, and where it came from."""
-    from dotsllm.analysis.deceleration import budget_from_config
+    from dotsllm.recipes.pretrain import PretrainConfig
 
     if args.config:
-        return budget_from_config(args.config, x_axis), f"training.train_tokens of {args.config}"
+        steps, tokens = PretrainConfig.load(args.config).budget()
+        return float(tokens if x_axis == "tokens" else steps), f"training.train_tokens of {args.config}"
     given = {"--budget-steps": args.budget_steps, "--budget-tokens": args.budget_tokens}
     flag = "--budget-tokens" if x_axis == "tokens" else "--budget-steps"
     other_flag, value = next(f for f in given if f != flag), given[flag]

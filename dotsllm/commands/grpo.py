@@ -11,6 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dotsllm.posttrain.grpo.trainer import main
+    from dotsllm.recipes.grpo import GRPO
+    from dotsllm.train import main
 
-    return main(args.config, args.overrides)
+    return main(GRPO, args.config, args.overrides)

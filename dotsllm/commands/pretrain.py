@@ -11,6 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dotsllm.recipes.pretrain import PRETRAIN
     from dotsllm.train import main
 
-    return main(args.config, args.overrides)
+    return main(PRETRAIN, args.config, args.overrides)

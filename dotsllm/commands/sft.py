@@ -11,6 +11,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dotsllm.posttrain.sft.trainer import main
+    from dotsllm.recipes.sft import SFT
+    from dotsllm.train import main
 
-    return main(args.config, args.overrides)
+    return main(SFT, args.config, args.overrides)

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     model_cfg = Dots1ModelConfig.from_preset(args.model)
     init_distributed(ParallelConfig())
-    settings = OptimizerSettings(lr=args.lr, weight_decay=0.0, use_distributed_optimizer=False)
+    settings = OptimizerSettings(weight_decay=0.0, use_distributed_optimizer=False)
 
     def show(step: int, metrics: dict) -> None:
         console.print(
@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         args.steps,
         micro_batch_size=args.micro_batch_size,
         seq_length=args.seq_len,
+        lr=args.lr,
         settings=settings,
         on_step=show,
     )

@@ -21,7 +21,8 @@ import torch
 
 from dotsllm.convert.hf_io import export_hf, megatron_tensor_reader, read_hf_config
 from dotsllm.model.config import Dots1ModelConfig
-from dotsllm.training.checkpoint import read_meta, write_checkpoint
+from dotsllm.training import checkpoint_state
+from dotsllm.training.checkpoint import write_checkpoint
 from dotsllm.training.checkpoint_state import CheckpointMeta
 
 DEFAULT_GROUP_BYTES = 512 * 2**20
@@ -30,7 +31,7 @@ NO_INIT = {"perform_initialization": False}  # every weight is loaded
 
 def checkpoint_model_config(ckpt_dir: str | Path) -> Dots1ModelConfig:
     """The model config recorded in a checkpoint's ``dotsllm.json``."""
-    return Dots1ModelConfig.from_dict(read_meta(Path(ckpt_dir))["model"], source=f"{ckpt_dir}/dotsllm.json")
+    return CheckpointMeta.read(ckpt_dir).model_config()
 
 
 def checkpoint_dtype(ckpt_dir: str | Path) -> torch.dtype:
@@ -123,7 +124,7 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
     model. ``dtype`` defaults to the checkpoint's; ``prefix_grouping`` as
     :func:`~dotsllm.model.builder.build_model`.
     """
-    from megatron.core import dist_checkpointing, parallel_state
+    from megatron.core import parallel_state
 
     from dotsllm.model.builder import build_model
 
@@ -137,10 +138,7 @@ def load_checkpoint_model(ckpt_dir: str | Path, dtype: torch.dtype | None = None
         )  # fmt: skip
         for vp in range(vpp)
     ]
-    state = {f"model{i}": chunk.sharded_state_dict() for i, chunk in enumerate(chunks)}
-    loaded = dist_checkpointing.load(state, str(ckpt_dir))
-    for i, chunk in enumerate(chunks):
-        chunk.load_state_dict(loaded[f"model{i}"])
+    checkpoint_state.load(ckpt_dir, chunks)
     return [chunk.eval() for chunk in chunks], cfg
 
 

@@ -3,8 +3,8 @@
 A HF ``tokenizer.json`` is copied as it is; a SentencePiece ``.model`` is converted with transformers'
 ``SpmConverter.build_tokenizer_from_spm_proto`` (which follows the model's own normalizer settings),
 plus what that leaves out: SentencePiece's ``split_digits``, and the six dots chat tokens as added
-special tokens, so that text between them is encoded on its own, as :mod:`dotsllm.posttrain.chat` does.
-``tokenizer_config.json`` gets the chat template (:func:`dotsllm.posttrain.chat.jinja_template`) and
+special tokens, so that text between them is encoded on its own, as :mod:`dotsllm.chat_template` does.
+``tokenizer_config.json`` gets the chat template (:func:`dotsllm.chat_template.jinja_template`) and
 ``<|endofresponse|>`` as the end-of-sequence token. The written files are checked: a sample
 conversation must give the same ids through transformers as through dotsllm.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dotsllm.posttrain import chat
+from dotsllm import chat_template as chat
 from dotsllm.tokenizer import CHAT_TOKENS, Tokenizer
 
 SAMPLE = [

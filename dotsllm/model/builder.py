@@ -36,7 +36,7 @@ def build_model(
     prefix_grouping: bool = False,
 ):
     """The part of the dots1 model this rank holds in the layout ``parallel_state`` was initialized with
-    (:func:`dotsllm.parallel.setup.init_distributed`).
+    (process groups are set up before any model is built).
 
     The returned ``GPTModel`` (:class:`~dotsllm.model.gpt.Dots1GPTModel`) takes an explicit boolean
     ``attention_mask`` ([b, 1, s, s], True = masked out) and ``position_ids`` ([b, s], which RoPE

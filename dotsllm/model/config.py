@@ -1,8 +1,8 @@
 """The dots1 architecture as one typed config, and its mapping onto megatron-core.
 
 A preset (``dotsllm/model/presets/<name>.yaml``, shipped in the package) fills :class:`Dots1ModelConfig`.
-:meth:`Dots1ModelConfig.transformer_config` turns it and a parallel layout (the sizes of
-:class:`dotsllm.parallel.ParallelConfig`) into megatron-core's ``TransformerConfig``; :meth:`Dots1ModelConfig.gpt_model_kwargs` gives the
+:meth:`Dots1ModelConfig.transformer_config` turns it and a parallel layout (its sizes: tp, pp, ep,
+etp, cp, vpp) into megatron-core's ``TransformerConfig``; :meth:`Dots1ModelConfig.gpt_model_kwargs` gives the
 ``GPTModel`` arguments that live outside it (vocabulary, RoPE, untied embeddings).
 """
 
@@ -19,6 +19,10 @@ import yaml
 from dotsllm.config_loading import from_dict
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+# Fields that set how the model trains, not what it is: a run may change them (model_overrides).
+TRAINING_FIELDS = ("moe_aux_loss_coeff", "moe_router_bias_update_rate", "init_method_std")
 
 
 @dataclass(frozen=True)
@@ -93,7 +97,22 @@ class Dots1ModelConfig:
         values = yaml.safe_load(path.read_text())
         if not isinstance(values, dict):
             raise ValueError(f"{path}: a model preset must be a YAML mapping")
-        return cls.from_dict({**values, **overrides}, source=str(path))
+        return cls.from_dict(values, source=str(path)).with_overrides(**overrides)
+
+    def with_overrides(self, **overrides: Any) -> "Dots1ModelConfig":
+        """This config with field ``overrides`` (a run's ``model_overrides``), typed as from YAML."""
+        if not overrides:
+            return self
+        return self.from_dict({**dataclasses.asdict(self), **overrides}, source="model_overrides")
+
+    def architecture_differences(self, other: "Dots1ModelConfig") -> list[str]:
+        """``field: mine vs other's`` for each field of the architecture where the two differ (the
+        name, and the settings of training only in :data:`TRAINING_FIELDS`, aside)."""
+        return [
+            f"{f.name}: {getattr(self, f.name)!r} vs {getattr(other, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.name not in ("name", *TRAINING_FIELDS) and getattr(self, f.name) != getattr(other, f.name)
+        ]
 
     # ---- derived quantities -------------------------------------------------------------------
 
@@ -121,7 +140,7 @@ class Dots1ModelConfig:
         **overrides: Any,
     ):
         """megatron-core ``TransformerConfig`` for this model under the layout ``tp`` … ``vpp`` (the
-        fields of :class:`dotsllm.parallel.ParallelConfig`: ``**dataclasses.asdict(parallel)``).
+        fields of a run's ``parallel`` section).
 
         ``overrides`` are passed through to ``TransformerConfig`` (e.g. recompute settings).
         """

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from dotsllm.model.config import Dots1ModelConfig
 from dotsllm.training import optimizer_state
-from dotsllm.training.checkpoint import Checkpointer, read_meta
+from dotsllm.training.checkpoint import META_FILE, Checkpointer, read_meta
 
 
 @dataclass
@@ -32,7 +33,8 @@ class TrainState:
     """A trainer's progress: what an exact resume restores besides model, optimizer and RNG."""
 
     step: int = 0
-    consumed_samples: int = 0
+    consumed_samples: int = 0  # the data's position: samples (rows, prompts drawn) taken so far
+    tokens_seen: int = 0
     nonfinite_skipped: int = 0
 
 
@@ -58,11 +60,20 @@ class CheckpointMeta:
         values = read_meta(Path(ckpt_dir))
         if "train_state" not in values:  # written before the schema held it: flat keys
             values["train_state"] = {f.name: values[f.name] for f in dataclasses.fields(TrainState) if f.name in values}
+        state = values["train_state"]
+        if "tokens" in state:  # GRPO's count before TrainState held tokens_seen
+            state["tokens_seen"] = state.pop("tokens")
+        state.setdefault("tokens_seen", values["tokens_seen"])
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def model_config(self, **overrides: Any) -> Dots1ModelConfig:
+        """The architecture this checkpoint holds, with Dots1ModelConfig field ``overrides``."""
+        stored = Dots1ModelConfig.from_dict(self.model, source=f"{self.name or 'checkpoint'}/{META_FILE}")
+        return stored.with_overrides(**overrides)
 
 
 def sharded_state(
@@ -102,14 +113,13 @@ def save(
     model: dict[str, Any],
     parallel: dict[str, Any],
     seq_length: int,
-    tokens_seen: int,
     trainer: str,
 ) -> Path:
     """Save a training checkpoint (model, optimizer, RNG, train state) through ``checkpointer``."""
     meta = CheckpointMeta(
         kind=kind,
         step=train_state.step,
-        tokens_seen=tokens_seen,
+        tokens_seen=train_state.tokens_seen,
         model=model,
         train_state=dataclasses.asdict(train_state),
         trainer=trainer,
@@ -122,20 +132,23 @@ def save(
 
 
 def load(
-    ckpt_dir: Path,
+    ckpt_dir: str | Path,
     model_chunks: list[torch.nn.Module],
-    optimizer,
+    optimizer=None,
     *,
-    parallel: dict[str, Any],
-    with_optimizer: bool,
+    parallel: dict[str, Any] | None = None,
 ) -> CheckpointMeta:
-    """Load model (and optimizer, when asked and present) from ``ckpt_dir``; RNG streams too when the
-    checkpoint was written by this layout. Returns its metadata (the caller restores the train state)."""
+    """The one checkpoint reader: load ``ckpt_dir``'s weights into ``model_chunks`` (this rank's part
+    in any layout), its optimizer state into ``optimizer`` when one is given and the checkpoint has
+    one, and its RNG streams when ``parallel`` (the loading run's layout) is the one that wrote it.
+    Returns its metadata (a trainer restores the train state from it)."""
     from megatron.core.dist_checkpointing import load as dist_load
 
     meta = CheckpointMeta.read(ckpt_dir)
-    same_layout = meta.parallel == parallel and meta.world_size == torch.distributed.get_world_size()
-    with_optimizer = with_optimizer and meta.has_optimizer
+    same_layout = (
+        parallel is not None and meta.parallel == parallel and meta.world_size == torch.distributed.get_world_size()
+    )
+    with_optimizer = optimizer is not None and meta.has_optimizer
     state = sharded_state(
         model_chunks, optimizer if with_optimizer else None, load_from=ckpt_dir, with_rng=same_layout
     )  # fmt: skip

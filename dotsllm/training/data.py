@@ -16,7 +16,9 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from dotsllm.tokenizer import check_vocabulary
 from dotsllm.training.schedules import BatchRamp
+from dotsllm.training.step import current_device
 
 
 @dataclass
@@ -101,10 +103,7 @@ def validate_shards(prefixes: list[str], tokenizer: TokenizerInfo, model_vocab_s
     """Clear errors for missing shards and token ids the tokenizer or the model cannot have."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    if tokenizer.vocab_size > model_vocab_size:
-        raise ValueError(
-            f"tokenizer vocabulary ({tokenizer.vocab_size}) is larger than the model's vocab_size ({model_vocab_size})"
-        )
+    check_vocabulary(tokenizer.vocab_size, model_vocab_size, "the shards' tokenizer")
     for prefix in prefixes:
         missing = [p for p in (f"{prefix}.bin", f"{prefix}.idx") if not Path(p).is_file()]
         if missing:
@@ -252,7 +251,7 @@ class PretrainData:
             collate_fn=collate,
             persistent_workers=False,
         )
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        device = current_device()
         return ({k: v.to(device, non_blocking=True) for k, v in batch.items()} for batch in loader)
 
     def valid_batches(self, max_samples: int | None = None) -> list[dict[str, torch.Tensor]]:

@@ -34,14 +34,15 @@ def train_on_fixed_batch(
     micro_batch_size: int = 4,
     seq_length: int = 64,
     seed: int = 1234,
-    settings: OptimizerSettings = OptimizerSettings(lr=3e-3, weight_decay=0.0, use_distributed_optimizer=False),
+    lr: float = 3e-3,
+    settings: OptimizerSettings = OptimizerSettings(weight_decay=0.0, use_distributed_optimizer=False),
     on_step: Callable[[int, dict], None] | None = None,
 ) -> list[float]:
     """Run ``steps`` optimizer steps on one random batch; returns the loss of every step.
 
     ``parallel_state`` must be initialized (``dotsllm.parallel.setup.init_distributed``).
     """
-    ddp_chunks, optimizer = build_model_and_optimizer(model_cfg, ParallelConfig(), "fp32", settings)
+    ddp_chunks, optimizer = build_model_and_optimizer(model_cfg, ParallelConfig(), "fp32", settings, lr)
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, model_cfg.vocab_size, (micro_batch_size, seq_length + 1), generator=generator)
     batch = make_lm_batch(tokens)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -16,10 +16,14 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    """AdamW settings; defaults are the dots.llm1 pretraining values."""
+    """AdamW settings; defaults are the dots.llm1 pretraining values. The learning rate is the
+    schedule's (``lr_schedule``), its one source."""
 
-    lr: float = 3e-4
-    min_lr: float = 0.0
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "lr": "the learning rate lives in the schedule: set lr_schedule.peak_lr",
+        "min_lr": "the learning rate lives in the schedule: set its end (lr_schedule.end_lr or the last phase's end_lr)",
+    }
+
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -33,11 +37,13 @@ def build_model_and_optimizer(
     parallel: ParallelConfig,
     precision: str,
     settings: "OptimizerSettings",
+    lr: float,
     config_overrides: dict[str, Any] | None = None,
     prefix_grouping: bool = False,
 ) -> tuple[list[torch.nn.Module], object]:
-    """This rank's model chunks (one per virtual pipeline stage) in megatron DDP, the optimizer, and
-    the schedules' hooks (loss scaling, grad finalization). ``config_overrides`` go to megatron's
+    """This rank's model chunks (one per virtual pipeline stage) in megatron DDP, the optimizer (at
+    learning rate ``lr`` until the trainer sets each step's), and the schedules' hooks (loss scaling,
+    grad finalization). ``config_overrides`` go to megatron's
     ``TransformerConfig`` (e.g. ``moe_enable_routing_replay``); ``prefix_grouping`` as
     :func:`~dotsllm.model.builder.build_model`."""
     from dotsllm.training.step import attach_grad_hooks
@@ -53,7 +59,7 @@ def build_model_and_optimizer(
         for vp in range(vpp)
     ]
     ddp_chunks = wrap_with_ddp(chunks, settings.use_distributed_optimizer)
-    optimizer = build_optimizer(ddp_chunks, settings)
+    optimizer = build_optimizer(ddp_chunks, settings, lr)
     attach_grad_hooks(ddp_chunks, optimizer)
     return ddp_chunks, optimizer
 
@@ -73,16 +79,15 @@ def wrap_with_ddp(model_chunks: list[torch.nn.Module], use_distributed_optimizer
     ]
 
 
-def build_optimizer(ddp_chunks: list[torch.nn.Module], settings: OptimizerSettings):
-    """megatron-core's optimizer (a ChainedOptimizer over dense and expert params)."""
+def build_optimizer(ddp_chunks: list[torch.nn.Module], settings: OptimizerSettings, lr: float):
+    """megatron-core's optimizer (a ChainedOptimizer over dense and expert params) at learning rate ``lr``."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
     megatron_torch_adamw.apply()  # the distributed optimizer's checkpoint fixes, without TE/Apex
     model_config = ddp_chunks[0].config
     config = OptimizerConfig(
         optimizer="adam",
-        lr=settings.lr,
-        min_lr=settings.min_lr,
+        lr=lr,
         weight_decay=settings.weight_decay,
         adam_beta1=settings.adam_beta1,
         adam_beta2=settings.adam_beta2,

@@ -21,6 +21,11 @@ import torch
 ForwardStep = Callable[[Iterator[dict[str, torch.Tensor]], torch.nn.Module], tuple[torch.Tensor, Callable]]
 
 
+def current_device() -> torch.device:
+    """The device this rank trains on: its CUDA device, or the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def masked_token_loss(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     """The per-token loss function of a micro-batch: ``(sum, count, {"loss": [sum, count]})``.
 
@@ -178,7 +183,7 @@ def reduce_logs(logs: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     from the last pipeline stage to every rank; ``tokens`` is the global count behind ``loss``."""
     from megatron.core import parallel_state
 
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = current_device()
     names = sorted(logs[0]) if logs else []
     totals = torch.stack([sum(entry[name].double() for entry in logs) for name in names]) if names else None
     if totals is not None:

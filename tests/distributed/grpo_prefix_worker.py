@@ -4,7 +4,7 @@ in-process case).
 
 The batch: dots1-tiny (fp32, MoE, router replay of a synthetic routing), groups of G = 4 and one of 2
 (a row holds any number of responses) with prompts of 5-17 tokens and responses of 1-10, standard rows padded
-to 32. Two copies of the same weights each take one GRPO update (``GRPOTrainer.update``: the log-prob
+to 32. Two copies of the same weights each take one GRPO update (``PolicyUpdate``: the log-prob
 pass, then the update against it), one on standard rows and one on grouped rows (a model built with
 the prefix-grouped core attention, ``build_model(prefix_grouping=True)``). Written per layout and
 rank: the largest difference of the old log-probs, of the loss, of every gradient, of every weight after
@@ -67,14 +67,12 @@ def local_routing(cfg: Dots1ModelConfig, routers, batch: list[Sample]) -> list[S
     return [Sample(s.draw, s.prompt, s.response, s.log_probs, s.truncated, s.routing[:, columns]) for s in batch]
 
 
-def trainer(chunks, optimizer, prefix_grouping: bool):
-    """A ``GRPOTrainer`` holding just what ``update`` uses (its rows, passes and updates), on ``chunks``."""
+def policy_update(chunks, optimizer, prefix_grouping: bool):
+    """GRPO's update of a rollout batch (``PolicyUpdate``: its rows, passes and updates) on ``chunks``."""
     from dotsllm.config_loading import from_dict
     from dotsllm.model.routing_replay import moe_routers
-    from dotsllm.posttrain.grpo.config import GRPOConfig
-    from dotsllm.posttrain.grpo.losses import LossSettings
-    from dotsllm.posttrain.grpo.policy_forward import PolicyForward
-    from dotsllm.posttrain.grpo.trainer import GRPOState, GRPOTrainer
+    from dotsllm.posttrain.grpo.update import PolicyUpdate
+    from dotsllm.recipes.grpo import GRPOConfig
 
     config = from_dict(
         GRPOConfig,
@@ -87,12 +85,7 @@ def trainer(chunks, optimizer, prefix_grouping: bool):
         },
         where="grpo_prefix_worker",
     )  # fmt: skip
-    found = GRPOTrainer.__new__(GRPOTrainer)
-    found.config, found.model_chunks, found.optimizer = config, chunks, optimizer
-    found.state, found.reference = GRPOState(), None
-    found.routers = moe_routers(chunks)
-    found.policy = PolicyForward(LossSettings(), 1.0, found.routers, prefix_grouping)
-    return found
+    return PolicyUpdate(config, chunks, optimizer, moe_routers(chunks), None, prefix_grouping)
 
 
 def per_sample(values: torch.Tensor, sample_index: torch.Tensor, count: int) -> torch.Tensor:
@@ -103,17 +96,17 @@ def per_sample(values: torch.Tensor, sample_index: torch.Tensor, count: int) -> 
     return out
 
 
-def rows_for(grpo, batch: list[Sample], prefix_grouping: bool) -> tuple[dict[str, torch.Tensor], int]:
-    """The trainer's rows of ``batch`` and their length."""
+def rows_for(update, batch: list[Sample], prefix_grouping: bool) -> tuple[dict[str, torch.Tensor], int]:
+    """GRPO's rows of ``batch`` and their length."""
     groups = rows_of.shared_prompt_groups(batch) if prefix_grouping else None
-    seq = grpo.row_length(batch, groups)
+    seq = update.row_length(batch, groups)
     return rows_of.training_rows(batch, seq, NEW, groups), seq
 
 
-def log_probs(grpo, rows: dict[str, torch.Tensor], seq: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+def log_probs(update, rows: dict[str, torch.Tensor], seq: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The log-prob pass (with replay) over all ``rows`` as one mini-batch: per-sample log-probs and mask."""
-    with grpo._replay():
-        values = grpo.log_probs(grpo.model_chunks, grpo.policy, rows, [list(range(len(rows["tokens"])))], seq)
+    with update.replay():
+        values = update.log_probs(update.model_chunks, update.policy, rows, [list(range(len(rows["tokens"])))], seq)
     mask = per_sample(rows["response_mask"], rows["sample_index"], count)
     return per_sample(values, rows["sample_index"], count), mask
 
@@ -131,10 +124,10 @@ def build(cfg: Dots1ModelConfig, layout: ParallelConfig, weights_from=None, pref
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
 
     settings = OptimizerSettings(
-        lr=1e-3, weight_decay=0.0, clip_grad=0.0, adam_eps=1e-3, use_distributed_optimizer=False
+        weight_decay=0.0, clip_grad=0.0, adam_eps=1e-3, use_distributed_optimizer=False
     )  # no clipping: the two updates are compared
     chunks, optimizer = build_model_and_optimizer(
-        cfg, layout, "fp32", settings, {"moe_enable_routing_replay": True}, prefix_grouping=prefix_grouping
+        cfg, layout, "fp32", settings, 1e-3, {"moe_enable_routing_replay": True}, prefix_grouping=prefix_grouping
     )
     if weights_from is not None:
         for module, source in zip(modules(chunks), modules(weights_from)):
@@ -144,8 +137,6 @@ def build(cfg: Dots1ModelConfig, layout: ParallelConfig, weights_from=None, pref
 
 def exactness_of_layout(layout: ParallelConfig) -> dict:
     """One layout's findings (see the module doc); megatron's parallel state is set up for ``layout``."""
-    from dotsllm.posttrain.grpo.trainer import RolloutBatch
-
     cfg = model_config()
     standard_chunks, standard_optimizer = build(cfg, layout)
     grouped_chunks, grouped_optimizer = build(cfg, layout, weights_from=standard_chunks, prefix_grouping=True)
@@ -155,14 +146,14 @@ def exactness_of_layout(layout: ParallelConfig) -> dict:
     for name, chunks, optimizer in (("standard", standard_chunks, standard_optimizer),
                                     ("grouped", grouped_chunks, grouped_optimizer)):  # fmt: skip
         grouped = name == "grouped"
-        grpo = trainer(chunks, optimizer, grouped)
-        batch = local_routing(cfg, grpo.routers, samples(cfg))
-        rows, seq = rows_for(grpo, batch, grouped)
+        update = policy_update(chunks, optimizer, grouped)
+        batch = local_routing(cfg, update.routers, samples(cfg))
+        rows, seq = rows_for(update, batch, grouped)
         found[f"{name}_rows"], found[f"{name}_row_length"] = len(rows["tokens"]), seq
-        results[name] = log_probs(grpo, rows, seq, len(batch))
+        results[name] = log_probs(update, rows, seq, len(batch))
         advantages = [(-1.0) ** i * (0.5 + i / len(batch)) for i in range(len(batch))]
-        update, _ = grpo.update(RolloutBatch(batch, [0.0] * len(batch), advantages, {}))
-        found[f"{name}_update"] = {k: update[0][k] for k in ("loss", "tokens", "grad_norm", "update_applied")}
+        updates, _ = update(batch, advantages, step=0)
+        found[f"{name}_update"] = {k: updates[0][k] for k in ("loss", "tokens", "grad_norm", "update_applied")}
         params = [p for m in modules(chunks) for p in m.parameters()]
         grads[name] = [p.main_grad.clone() for p in params]
         deltas[name] = [p.detach() - b for p, b in zip(params, before)]

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from dotsllm.model.config import Dots1ModelConfig
-from dotsllm.posttrain.chat import EncodedConversation
+from dotsllm.chat_template import EncodedConversation
 from dotsllm.posttrain.sft.packing import build_row, collate, first_fit_decreasing
-from dotsllm.posttrain.sft.trainer import sft_forward_step
+from dotsllm.posttrain.sft.forward import sft_forward_step
 from worker import compare, modules, parse_layout
 
 SEQ_LENGTH, MICRO_BATCH = 64, 2
@@ -62,8 +62,8 @@ def build(layout_name: str):
         parallel_state.destroy_model_parallel()
     init_distributed(layout, seed=1234)
     cfg = Dots1ModelConfig.from_preset("dots1-tiny", moe_aux_loss_coeff=0.0)
-    settings = OptimizerSettings(lr=0.0, weight_decay=0.0, clip_grad=0.0, use_distributed_optimizer=distributed_optimizer)
-    return cfg, *build_model_and_optimizer(cfg, layout, "fp32", settings)
+    settings = OptimizerSettings(weight_decay=0.0, clip_grad=0.0, use_distributed_optimizer=distributed_optimizer)
+    return cfg, *build_model_and_optimizer(cfg, layout, "fp32", settings, lr=0.0)
 
 
 def step(chunks, optimizer, batches) -> tuple[dict, list[torch.Tensor]]:

@@ -54,13 +54,13 @@ def test_the_comparison_catches_broken_grouped_rows(megatron_world):
 
     cfg = prefix.model_config()
     chunks, optimizer = prefix.build(cfg, ParallelConfig(), prefix_grouping=True)  # standard rows: causal
-    standard_trainer, grouped_trainer = (prefix.trainer(chunks, optimizer, grouped) for grouped in (False, True))
-    batch = prefix.local_routing(cfg, standard_trainer.routers, prefix.samples(cfg))
-    standard = prefix.log_probs(standard_trainer, *prefix.rows_for(standard_trainer, batch, False), len(batch))
-    rows, seq = prefix.rows_for(grouped_trainer, batch, True)
+    standard_update, grouped_update = (prefix.policy_update(chunks, optimizer, grouped) for grouped in (False, True))
+    batch = prefix.local_routing(cfg, standard_update.routers, prefix.samples(cfg))
+    standard = prefix.log_probs(standard_update, *prefix.rows_for(standard_update, batch, False), len(batch))
+    rows, seq = prefix.rows_for(grouped_update, batch, True)
 
     def difference(**changed: torch.Tensor) -> float:
-        grouped = prefix.log_probs(grouped_trainer, {**rows, **changed}, seq, len(batch))
+        grouped = prefix.log_probs(grouped_update, {**rows, **changed}, seq, len(batch))
         return prefix.log_prob_difference(standard, grouped)
 
     assert difference() < 1e-5

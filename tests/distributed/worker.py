@@ -31,7 +31,8 @@ PRESET = "dots1-tiny"
 SEQ_LENGTH = 64
 MICRO_BATCH = 2
 NUM_MICROBATCHES = 4  # of the global batch; split over data-parallel ranks
-SETTINGS = dict(lr=1e-3, clip_grad=0.0, adam_eps=1e-3)  # no clipping (grads are compared after the
+LR = 1e-3
+SETTINGS = dict(clip_grad=0.0, adam_eps=1e-3)  # no clipping (grads are compared after the
 # step); a large eps keeps the first Adam update linear in the grads, not their sign
 
 
@@ -51,7 +52,7 @@ def build(layout: ParallelConfig, distributed_optimizer: bool, seed: int = 1234)
         parallel_state.destroy_model_parallel()
     init_distributed(layout, seed=seed)
     settings = OptimizerSettings(**SETTINGS, use_distributed_optimizer=distributed_optimizer)
-    return build_model_and_optimizer(Dots1ModelConfig.from_preset(PRESET), layout, "fp32", settings)
+    return build_model_and_optimizer(Dots1ModelConfig.from_preset(PRESET), layout, "fp32", settings, LR)
 
 
 def build_plain(layout: ParallelConfig) -> list[torch.nn.Module]:
@@ -100,7 +101,7 @@ def step(chunks, optimizer) -> dict:
     loss and the zero-sum-learning metrics of a held-out batch (as the trainer measures them)."""
     from megatron.core import parallel_state
 
-    from dotsllm.analysis.zero_sum import reduce_zero_sum_stats
+    from dotsllm.training.zero_sum import reduce_zero_sum_stats
     from dotsllm.training.metrics import AuxLossMeter
     from dotsllm.training.step import per_token_losses, train_step
 

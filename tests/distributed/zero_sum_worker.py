@@ -7,7 +7,7 @@ import json
 
 import torch
 
-from dotsllm.analysis.zero_sum import reduce_zero_sum_stats
+from dotsllm.training.zero_sum import reduce_zero_sum_stats
 
 
 def reduce_slice(rank, port, slices, out_dir):

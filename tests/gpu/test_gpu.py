@@ -163,7 +163,7 @@ def test_bf16_steps_of_dots1_small_log_mfu(tmp_path):
         f"run_dir={run_dir}", "model=dots1-small", f"data.blend=[{prefix}]", "data.vocab_size=152064",
         "data.eod_id=0", "data.split='100,0,0'", f"training.seq_length={seq}", "training.micro_batch_size=4",
         f"training.train_tokens={steps * batch_tokens}", "training.precision=bf16", "training.eval_interval=0",
-        "lr_schedule.peak_lr=1e-3", "lr_schedule.warmup_steps=2", "optimizer.lr=1e-3",
+        "lr_schedule.peak_lr=1e-3", "lr_schedule.warmup_steps=2",
         f"batch_ramp.points=[{{from_tokens: 0, global_batch_tokens: {batch_tokens}}}]",
         "checkpoint.save_every_steps=0", "logging.wandb_mode=disabled",
     ]  # fmt: skip

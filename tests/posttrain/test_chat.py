@@ -3,8 +3,8 @@ HF export whose ``apply_chat_template`` gives dotsllm's ids."""
 
 import pytest
 
-from dotsllm.posttrain import chat
-from dotsllm.posttrain.chat import ChatTemplate, Message
+from dotsllm import chat_template as chat
+from dotsllm.chat_template import ChatTemplate, Message
 from dotsllm.tokenizer import Tokenizer, train_sentencepiece
 
 THREE_TURNS = [

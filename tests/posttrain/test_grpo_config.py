@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dotsllm.posttrain.chat import ChatTemplate, messages_from_dicts
+from dotsllm.chat_template import ChatTemplate, messages_from_dicts
 from dotsllm.posttrain.grpo.batch import rank_share, select_rows, training_rows
-from dotsllm.posttrain.grpo.config import GRPOConfig
+from dotsllm.recipes.grpo import GRPOConfig
 from dotsllm.posttrain.grpo.prompts import Prompt, PromptSet, PromptSettings
 from dotsllm.posttrain.grpo.rollout import Sample
 
@@ -33,7 +33,7 @@ def test_configs_load_and_bad_values_are_named():
     assert (big.parallel.tp, big.parallel.pp, big.parallel.ep) == (8, 2, 16)
     assert big.rollout.group_size * big.rollout.prompts_per_step == 512 and big.objective.clip_high == 0.28
     for override, message in [
-        ("objective.aggregation=mean", "aggregation must be one of"),
+        ("objective.aggregation=mean", "objective.aggregation: expected one of"),
         ("objective.dual_clip=0.5", "dual_clip must be > 1"),
         ("training.seq_length=32", r"training.seq_length \(32\) must exceed rollout.max_new_tokens \(32\)"),
         ("rewards.accuracy=nope", "rewards.accuracy is 'nope'"),
@@ -77,8 +77,8 @@ def test_prompt_records_and_their_draw_order(tmp_path):
     first, second = [[prompts.draw(i).source for i in range(e * 6, e * 6 + 6)] for e in (0, 1)]
     assert sorted(first) == sorted(second) == sorted(p.source for p in prompts.prompts) and first != second
     again = PromptSet(PromptSettings(path=str(tmp_path / "p.jsonl"), system=None), CharTokenizer(), 20, seed=3)
-    stream = again.microbatches(4)  # a resumed run: the same draws from where it stopped
-    assert [next(stream)[1].source for _ in range(5)] == first[4:] + second[:3]
+    # a resumed run (a new PromptSet) draws the same prompts from where it stopped
+    assert [again.draw(i).source for i in range(4, 9)] == first[4:] + second[:3]
 
 
 def test_prompt_records_from_a_datasets_folder(tmp_path):

@@ -23,7 +23,7 @@ def chunks(megatron_world):
     torch.manual_seed(5)
     chunks, _ = build_model_and_optimizer(
         Dots1ModelConfig.from_preset("dots1-tiny"), ParallelConfig(), "fp32",
-        OptimizerSettings(use_distributed_optimizer=False), config_overrides={"moe_enable_routing_replay": True},
+        OptimizerSettings(use_distributed_optimizer=False), 3e-4, config_overrides={"moe_enable_routing_replay": True},
     )  # fmt: skip
     return chunks
 

@@ -68,14 +68,14 @@ def overrides(task, run_dir, *extra):
         f"run_dir={run_dir}", f"tokenizer={tokenizer}", f"checkpoint.load_from={root / 'start'}",
         "checkpoint.save_every_steps=2", "checkpoint.keep_last=2",
         f"prompts.path={root / 'train.jsonl'}", "prompts.system=null", f"eval.path={root / 'heldout.jsonl'}",
-        "eval.interval=0", "eval.samples=0",
+        "training.eval_interval=0", "eval.samples=0",
         f"training.steps={STEPS}", "training.seq_length=32", "training.micro_batch_size=4",
         f"rollout.group_size={GROUP}", "rollout.prompts_per_step=3", "rollout.max_new_tokens=8",
         "rewards.functions=[{function: 'faulty_rewards:by_field'}, {function: 'faulty_rewards:parity', weight: 0.5}, "
         "{function: math_accuracy}]",
         "rewards.accuracy=math_accuracy", "rewards.timeout_s=1", "rewards.workers=2",
         "updates.mini_batches=2", "dynamic_sampling.max_tries=2", "objective.kl_beta=0.05",
-        "optimizer.lr=1e-3", "lr_schedule.peak_lr=1e-3", "logging.wandb_mode=disabled", *extra,
+        "lr_schedule.peak_lr=1e-3", "logging.wandb_mode=disabled", *extra,
     ]  # fmt: skip
 
 

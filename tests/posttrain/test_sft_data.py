@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dotsllm.posttrain.chat import ChatTemplate, EncodedConversation, Message
+from dotsllm.chat_template import ChatTemplate, EncodedConversation, Message
 from dotsllm.posttrain.sft.data import SampleBuilder, SFTDataConfig, SFTSource, upsample
 from dotsllm.posttrain.sft.formats import FieldMap, read_records, to_conversation
 from dotsllm.posttrain.sft.packing import block_causal_mask, build_row, collate, cu_seqlens, first_fit_decreasing

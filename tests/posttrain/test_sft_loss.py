@@ -5,7 +5,7 @@ gradient of that mean — through the trainer's own step and megatron's schedule
 import pytest
 import torch
 
-from dotsllm.posttrain.chat import EncodedConversation
+from dotsllm.chat_template import EncodedConversation
 from dotsllm.posttrain.sft.packing import build_row, collate
 
 SEQ = 32
@@ -14,13 +14,13 @@ SEQ = 32
 def test_one_long_and_one_short_answer_give_the_token_mean(megatron_world):
     from dotsllm.model import Dots1ModelConfig, build_model
     from dotsllm.parallel import ParallelConfig
-    from dotsllm.posttrain.sft.trainer import sft_forward_step
+    from dotsllm.posttrain.sft.forward import sft_forward_step
     from dotsllm.training.optimizer import OptimizerSettings, build_model_and_optimizer
     from dotsllm.training.step import train_step
 
     cfg = Dots1ModelConfig.from_preset("dots1-tiny", moe_aux_loss_coeff=0.0)  # the LM loss alone
-    settings = OptimizerSettings(lr=0.0, weight_decay=0.0, clip_grad=0.0, use_distributed_optimizer=False)
-    (chunk,), optimizer = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings)
+    settings = OptimizerSettings(weight_decay=0.0, clip_grad=0.0, use_distributed_optimizer=False)
+    (chunk,), optimizer = build_model_and_optimizer(cfg, ParallelConfig(), "fp32", settings, lr=0.0)
     reference = build_model(cfg)
     reference.load_state_dict(chunk.module.state_dict())
 

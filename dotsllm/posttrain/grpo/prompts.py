@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dotsllm.posttrain.chat import DEFAULT_SYSTEM, ChatTemplate, messages_from_dicts
+from dotsllm.chat_template import DEFAULT_SYSTEM, ChatTemplate, messages_from_dicts
 
 
 @dataclass(frozen=True)
@@ -78,29 +78,19 @@ class PromptSet:
             self._permutations = {epoch: np.random.default_rng([self.seed, epoch]).permutation(len(self.prompts))}
         return self.prompts[int(self._permutations[epoch][position])]
 
-    def microbatches(self, consumed: int) -> Iterator[tuple[int, Prompt]]:
-        """``(draw index, prompt)`` from the ``consumed``-th draw on: what the trainer's steps take
-        prompts from (the name is :class:`~dotsllm.train.Trainer`'s, whose loop hands it to each step)."""
-        index = consumed
-        while True:
-            yield index, self.draw(index)
-            index += 1
 
 
 def _read_records(settings: PromptSettings) -> Iterable[tuple[str, Any]]:
     """``(source, record)`` pairs; a JSONL line that is not JSON comes as a ``ValueError`` record."""
+    from dotsllm.jsonl import read_jsonl
+
     path = Path(settings.path)
     if path.suffix == ".jsonl" or (path.is_file() and path.suffix == ".json"):
         if not path.is_file():
             raise FileNotFoundError(f"prompts.path: {path} does not exist")
-        with open(path) as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield f"{path}:{number}", json.loads(line)
-                except json.JSONDecodeError as err:
-                    yield f"{path}:{number}", ValueError(f"not JSON: {err.msg}")
+        for number, record in read_jsonl(path):
+            bad = isinstance(record, json.JSONDecodeError)
+            yield f"{path}:{number}", ValueError(f"not JSON: {record.msg}") if bad else record
         return
     import datasets
 

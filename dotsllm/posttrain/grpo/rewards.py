@@ -98,6 +98,11 @@ class RewardOutcome:
     no_reward: dict[str, int]  # per function: samples it gave None
     messages: dict[str, str]  # per function: the first failure's message
 
+    @property
+    def failed_samples(self) -> int:
+        """Scores that failed (raised, timed out, not finite), over every function."""
+        return sum(counts[kind] for counts in self.failures.values() for kind in FAILURE_KINDS)
+
     @classmethod
     def merge(cls, parts: Sequence["RewardOutcome"], specs: Sequence[RewardSpec]) -> "RewardOutcome":
         """One outcome of consecutive parts of a batch (the ranks' shares, in order)."""

@@ -1,2 +1,2 @@
 """Supervised fine-tuning: records → conversations (:mod:`.formats`) → packed rows (:mod:`.packing`,
-:mod:`.data`) → :class:`~dotsllm.posttrain.sft.trainer.SFTTrainer`."""
+:mod:`.data`) → the SFT recipe (:mod:`dotsllm.recipes.sft`)."""

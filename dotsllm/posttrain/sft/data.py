@@ -19,12 +19,14 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
-from dotsllm.posttrain.chat import DEFAULT_SYSTEM, LOSS_MODES, ChatTemplate, EncodedConversation, Message
+from dotsllm.chat_template import DEFAULT_SYSTEM, ChatTemplate, EncodedConversation, LossMode, Message
 from dotsllm.posttrain.sft.formats import Conversation, FieldMap, Rejected, read_records, to_conversation
 from dotsllm.posttrain.sft.packing import build_row, collate, first_fit_decreasing
+from dotsllm.training.step import current_device
 
 
 @dataclass
@@ -43,18 +45,14 @@ class SFTDataConfig:
     valid: list[SFTSource] = field(default_factory=list)  # held-out conversations (validation loss, ZSL)
     tokenizer: str | None = None  # SentencePiece .model or HF tokenizer.json holding the chat tokens
     default_system: str | None = DEFAULT_SYSTEM  # for conversations without a system message; null: none
-    loss_mode: str = "assistant"  # assistant | last | all
+    loss_mode: LossMode = "assistant"
     packing: bool = True
-    overlong: str = "truncate"  # a conversation over seq_length + 1 tokens: truncate | drop
+    overlong: Literal["truncate", "drop"] = "truncate"  # a conversation over seq_length + 1 tokens
     sessions_per_sample: int = 1  # conversations concatenated into one multi-turn sample
     epochs: int = 1
     errors_file: str | None = None  # default RUN_DIR/sft_errors.jsonl
 
     def __post_init__(self) -> None:
-        if self.loss_mode not in LOSS_MODES:
-            raise ValueError(f"data.loss_mode must be one of {LOSS_MODES}, got {self.loss_mode!r}")
-        if self.overlong not in ("truncate", "drop"):
-            raise ValueError(f"data.overlong must be truncate or drop, got {self.overlong!r}")
         if self.sessions_per_sample < 1 or self.epochs < 1:
             raise ValueError("data.sessions_per_sample and data.epochs must be >= 1")
 
@@ -232,7 +230,7 @@ class SFTData:
 
     def microbatches(self, consumed_samples: int) -> Iterator[dict[str, torch.Tensor]]:
         """This DP rank's micro-batches of rows from ``consumed_samples`` on, on the training device."""
-        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        device = current_device()
         per_rank = self.global_batch_size // self.dp_size
         mbs = self.micro_batch_size
         for step_start in range(consumed_samples, len(self.train), self.global_batch_size):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dotsllm.posttrain.chat import EncodedConversation
+from dotsllm.chat_template import EncodedConversation
 
 
 def first_fit_decreasing(lengths: Sequence[int], capacity: int) -> list[list[int]]:
