@@ -2,7 +2,7 @@
 # The README's main job, on the embedded data, one stage after another; ends with `dotsllm report`'s
 # table of what each stage achieved and its wall time (kept in outputs/main_job/).
 #   data pipeline  the sample corpus → filtered, deduplicated token shards and a SentencePiece tokenizer
-#   pretraining    dots1-tiny on those shards (and its plots)
+#   pretraining    dots1-tiny on those shards (every run also writes its plots, RUN_DIR/plots/*.png)
 #   SFT            the digit-copy demo set plus a share of the arithmetic task's worked solutions;
 #                  held-out exact match of the digit-copy task before and after
 #   GRPO           on the arithmetic task from the SFT checkpoint; held-out greedy accuracy before and
@@ -25,7 +25,6 @@ data_pipeline_stage() {
 }
 pretraining() {
   dotsllm pretrain configs/pretrain/dots1-tiny.yaml data.blend=[outputs/data_sample/tokens] data.tokenizer=$TOK
-  dotsllm plot runs/dots1-tiny
 }
 sft() {
   python -m dotsllm.posttrain.grpo.arithmetic outputs/arithmetic

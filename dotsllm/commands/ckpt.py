@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,32 +14,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def checkpoints(run_dir: Path) -> list[dict[str, Any]]:
-    """One row per complete checkpoint, oldest first."""
-    from dotsllm.training.checkpoint import latest_checkpoint, list_checkpoints, read_meta
-
-    root = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-    latest = latest_checkpoint(root)
-    rows = []
-    for path in list_checkpoints(root):
-        meta = read_meta(path)
-        rows.append({
-            "name": path.name,
-            "step": meta["step"],
-            "tokens_seen": meta["tokens_seen"],
-            "kind": meta["kind"],
-            "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
-            "latest": path == latest,
-            "path": str(path),
-        })  # fmt: skip
-    return rows
-
-
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    rows = checkpoints(Path(args.run_dir))
+    from dotsllm.training.checkpoint import describe_checkpoints
+
+    rows = describe_checkpoints(Path(args.run_dir))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

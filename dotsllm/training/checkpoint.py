@@ -192,6 +192,26 @@ def _checkpoint_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
 
 
+def describe_checkpoints(run_dir: Path) -> list[dict[str, Any]]:
+    """One row per complete checkpoint of a run directory (or its checkpoints/ folder), oldest first:
+    name, step, tokens seen, kind, bytes, whether it is the latest, path."""
+    root = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    latest = latest_checkpoint(root)
+    rows = []
+    for path in list_checkpoints(root):
+        meta = read_meta(path)
+        rows.append({
+            "name": path.name,
+            "step": meta["step"],
+            "tokens_seen": meta["tokens_seen"],
+            "kind": meta["kind"],
+            "bytes": sum(f.stat().st_size for f in path.rglob("*") if f.is_file()),
+            "latest": path == latest,
+            "path": str(path),
+        })  # fmt: skip
+    return rows
+
+
 class Checkpointer:
     """Decides when to save, writes durably, rotates rolling checkpoints, loads any layout."""
 

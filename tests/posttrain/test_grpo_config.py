@@ -38,7 +38,7 @@ def test_configs_load_and_bad_values_are_named():
         ("training.seq_length=32", r"training.seq_length \(32\) must exceed rollout.max_new_tokens \(32\)"),
         ("rewards.accuracy=nope", "rewards.accuracy is 'nope'"),
         ("rollout.backend=vllm", "rollout.backend 'vllm' is not one of"),
-        ("advantages.scale=std", "advantages.scale must be one of"),
+        ("advantages.scale=std", "advantages.scale: expected one of 'group', 'batch', 'none', got 'std'"),
         ("rollout.temperature=0", "temperature must be > 0"),
         ("training.prefix_grouping=true", r"prefix_grouping needs moe.aux_loss_coeff: 0 .* \(got None and 0.0"),
     ]:

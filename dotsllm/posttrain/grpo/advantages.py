@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 
-SCALINGS = ("group", "batch", "none")
+Scaling = Literal["group", "batch", "none"]
+SCALINGS = typing.get_args(Scaling)
 
 
-def group_advantages(rewards: torch.Tensor, scale: str = "group", eps: float = 1e-6) -> torch.Tensor:
+def group_advantages(rewards: torch.Tensor, scale: Scaling = "group", eps: float = 1e-6) -> torch.Tensor:
     """Advantages ``[groups, G]`` of the rewards ``[groups, G]`` (the G responses to each prompt).
 
     Each reward minus its group's mean, divided by the (unbiased) standard deviation of its group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dotsllm.posttrain.grpo.advantages import SCALINGS
+from dotsllm.posttrain.grpo.advantages import Scaling
 from dotsllm.training.checkpoint import CheckpointSettings
 from dotsllm.training.config import TrainingSettings
 from dotsllm.training.optimizer import OptimizerSettings
@@ -45,12 +45,8 @@ class UpdateSettings:
 
 @dataclass
 class AdvantageSettings:
-    scale: str = "group"  # group (GRPO) | batch | none (Dr.GRPO: no std); see advantages.py
+    scale: Scaling = "group"  # group (GRPO) | batch | none (Dr.GRPO: no std); see advantages.py
     eps: float = 1e-6
-
-    def __post_init__(self) -> None:
-        if self.scale not in SCALINGS:
-            raise ValueError(f"advantages.scale must be one of {SCALINGS}, not {self.scale!r}")
 
 
 @dataclass
