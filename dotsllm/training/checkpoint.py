@@ -279,13 +279,6 @@ class Checkpointer:
             return resolve_checkpoint(self.settings.load_from)
         return None
 
-    @staticmethod
-    def load(ckpt_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
-        """Load ``state`` (a sharded state dict built for loading) from ``ckpt_dir``."""
-        from megatron.core import dist_checkpointing
-
-        return dist_checkpointing.load(state, str(ckpt_dir))
-
 
 def write_checkpoint(
     ckpt_dir: str | Path,
