@@ -63,6 +63,9 @@ class GRPOConfig(RunConfig):
                 f"training.seq_length ({self.training.seq_length}) must exceed rollout.max_new_tokens "
                 f"({self.rollout.max_new_tokens}): the rest is the prompt budget"
             )
+        labels = [spec.label for spec in self.rewards.functions]
+        if self.dynamic_sampling.reward is not None and self.dynamic_sampling.reward not in labels:
+            raise ValueError(f"dynamic_sampling.reward is {self.dynamic_sampling.reward!r}, not one of the rewards {labels}")
         if self.training.prefix_grouping and (self.moe.aux_loss_coeff != 0 or self.moe.expert_bias_update_rate != 0):
             raise ValueError(
                 "training.prefix_grouping needs moe.aux_loss_coeff: 0 and moe.expert_bias_update_rate: 0 "
@@ -74,6 +77,11 @@ class GRPOConfig(RunConfig):
     @property
     def max_prompt_tokens(self) -> int:
         return self.training.seq_length - self.rollout.max_new_tokens
+
+    @property
+    def filter_reward(self) -> str | None:
+        """The reward whose zero variance in a group drops it (dynamic sampling); None: the weighted sum."""
+        return self.dynamic_sampling.reward or self.rewards.accuracy
 
     @property
     def prefix_grouping(self) -> bool:

@@ -51,10 +51,14 @@ class AdvantageSettings:
 
 @dataclass
 class DynamicSamplingSettings:
-    """DAPO's dynamic sampling: groups whose rewards are all equal are dropped, more prompts drawn."""
+    """DAPO's dynamic sampling: a group whose verifier reward is the same for all its responses (all
+    right or all wrong: no signal) is dropped and more prompts drawn."""
 
     enabled: bool = False
     max_tries: int = 3  # rollouts per step at most; the step trains on what it has then
+    # the reward whose variance decides (a name in rewards.functions); null: rewards.accuracy, or the
+    # weighted sum of every reward when there is no accuracy reward
+    reward: str | None = None
 
 
 @dataclass

@@ -6,8 +6,10 @@ float per sample; several are weighted and summed. Each runs in a ``pebble`` pro
 kills a worker that outlives its timeout, which ``concurrent.futures`` cannot), on chunks of
 ``chunk_size`` samples. A chunk that raises, hangs, kills its worker or returns a wrong-length answer
 is retried one sample at a time, so that only the culprits lose their reward: a sample whose call still
-fails, or whose value is NaN/infinite, scores 0 and is counted. None is "no reward" (e.g. a gold
-answer that cannot be parsed): it scores 0 and is counted apart. Training never stops for a reward.
+fails, or whose value is NaN/infinite, is counted and marked ``failed``; so is a None, "no reward" (e.g. a
+gold answer that cannot be parsed), counted apart. A failed reward is not a wrong answer: by default
+(``rewards.on_failure: mask``) GRPO leaves such a sample out of its group's statistics and of the loss;
+``zero`` scores it 0 instead. Training never stops for a reward.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from dotsllm.posttrain.grpo import reward_functions
 
@@ -56,6 +58,8 @@ class RewardSettings:
     workers: int = 2  # worker processes per rank
     timeout_s: float = 10.0  # per call (a chunk, or one sample when a chunk is retried)
     chunk_size: int = 16  # samples per call
+    # a sample whose reward raised, timed out, or gave NaN or None: left out of the loss (mask), or scored 0
+    on_failure: Literal["mask", "zero"] = "mask"
 
     def __post_init__(self) -> None:
         labels = [spec.label for spec in self.functions]
@@ -97,6 +101,7 @@ class RewardOutcome:
     failures: dict[str, dict[str, int]]  # per function: errors, timeouts, nonfinite
     no_reward: dict[str, int]  # per function: samples it gave None
     messages: dict[str, str]  # per function: the first failure's message
+    failed: list[bool]  # per sample: some function failed on it or gave no reward (None)
 
     @property
     def failed_samples(self) -> int:
@@ -114,6 +119,7 @@ class RewardOutcome:
             no_reward={n: sum(p.no_reward[n] for p in parts) for n in labels},
             messages={n: next((p.messages[n] for p in parts if n in p.messages), "") for n in labels
                       if any(n in p.messages for p in parts)},
+            failed=[f for p in parts for f in p.failed],
         )  # fmt: skip
 
 
@@ -146,6 +152,7 @@ class RewardRunner:
         failures = {spec.label: dict.fromkeys(FAILURE_KINDS, 0) for spec in specs}
         no_reward = dict.fromkeys(values, 0)
         messages: dict[str, str] = {}
+        failed = [False] * size
         for spec in specs:
             raw: list[Any] = [None] * size
             for start in starts:
@@ -166,17 +173,17 @@ class RewardRunner:
                         raw[i] = _FAILED
             for i, value in enumerate(raw):
                 score = self._value(value)
-                if score is _FAILED:
+                if score is not _FAILED and score is not None and math.isfinite(score):
+                    values[spec.label][i] = score
                     continue
+                failed[i] = True
                 if score is None:
                     no_reward[spec.label] += 1
-                elif math.isfinite(score):
-                    values[spec.label][i] = score
-                else:
+                elif score is not _FAILED:
                     failures[spec.label]["nonfinite"] += 1
                     messages.setdefault(spec.label, f"sample {i}: returned {value!r}")
         total = [sum(spec.weight * values[spec.label][i] for spec in specs) for i in range(size)]
-        return RewardOutcome(values, total, failures, no_reward, messages)
+        return RewardOutcome(values, total, failures, no_reward, messages, failed)
 
     def _schedule(self, spec: RewardSpec, columns: dict[str, list], rows: range):
         part = {name: column[rows.start : rows.stop] for name, column in columns.items()}

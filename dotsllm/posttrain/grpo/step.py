@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,11 +140,14 @@ class GRPOStep:
 
     def collect(self, consumed: int) -> RolloutBatch:
         """Roll out and score groups of the prompts drawn from ``consumed`` on until ``prompts_per_step``
-        are kept (dynamic sampling) or once."""
+        are kept (dynamic sampling) or once; the samples trained on are those of the kept groups whose
+        rewards did not fail (unless ``rewards.on_failure: zero``)."""
         config, group = self.config, self.config.rollout.group_size
         dynamic = config.dynamic_sampling
+        mask_failures = config.rewards.on_failure == "mask"
         kept: list[Sample] = []
         kept_rewards: list[float] = []
+        kept_valid: list[bool] = []
         drawn: list[Sample] = []
         outcomes: list[RewardOutcome] = []
         tries = zero_variance = failures = 0
@@ -164,23 +168,35 @@ class GRPOStep:
             failures += outcome.failed_samples
             drawn += samples
             outcomes.append(outcome)
-            for g in range(need):
-                rewards = outcome.total[g * group : (g + 1) * group]
-                equal = all(r == rewards[0] for r in rewards)
-                zero_variance += equal
-                if not (equal and dynamic.enabled):
-                    kept += samples[g * group : (g + 1) * group]
-                    kept_rewards += rewards
+            valid = [not f for f in outcome.failed] if mask_failures else [True] * len(samples)
+            signal = outcome.values[config.filter_reward] if config.filter_reward else outcome.total
+            groups, flat = kept_groups(signal, valid, group, dynamic.enabled)
+            zero_variance += flat
+            for g in groups:
+                members = slice(g * group, (g + 1) * group)
+                kept += samples[members]
+                kept_rewards += outcome.total[members]
+                kept_valid += valid[members]
             full = len(kept) // group >= config.rollout.prompts_per_step
             if not dynamic.enabled or full or tries >= dynamic.max_tries:
                 break
         advantages = []
         if kept:
-            rewards = torch.tensor(kept_rewards).view(-1, group)
-            advantages = group_advantages(rewards, config.advantages.scale, config.advantages.eps).flatten().tolist()
+            rewards, valid = torch.tensor(kept_rewards).view(-1, group), torch.tensor(kept_valid).view(-1, group)
+            advantages = group_advantages(rewards, config.advantages.scale, config.advantages.eps, valid).flatten().tolist()
+        trained = [i for i, ok in enumerate(kept_valid) if ok]
         outcome = RewardOutcome.merge(outcomes, self.rewards.specs)
         stats = self._rollout_stats(drawn, outcome, len(kept) // group, zero_variance, tries, generate_s, reward_s)
-        return RolloutBatch(kept, kept_rewards, advantages, next_draw - consumed, failures, stats)
+        dropped = zero_variance if dynamic.enabled else 0
+        stats.update(
+            groups_dropped=dropped, dropped_share=dropped / stats["groups_drawn"],
+            filter_reward=config.filter_reward or "total",
+            reward_masked_samples=len(kept) - len(trained),  # kept groups' samples whose reward failed
+        )  # fmt: skip
+        return RolloutBatch(
+            [kept[i] for i in trained], [kept_rewards[i] for i in trained], [advantages[i] for i in trained],
+            next_draw - consumed, failures, stats,
+        )  # fmt: skip
 
     def score(self, samples: list[Sample], specs=None) -> RewardOutcome:
         """Rewards of ``samples``, every rank scoring its share of them; all ranks get them all."""
@@ -284,6 +300,17 @@ class GRPOStep:
             reward_failures_total=reward_failures_total,
         )  # fmt: skip
         return record
+
+
+def kept_groups(signal: Sequence[float], valid: Sequence[bool], group: int, drop_flat: bool) -> tuple[list[int], int]:
+    """The groups (``group`` consecutive samples each) a step trains on, and how many are flat: their
+    ``signal`` (the verifier reward) is the same over their ``valid`` samples (all right, all wrong, or
+    fewer than two valid), so their advantages carry no signal. ``drop_flat`` (DAPO's dynamic
+    sampling) leaves those out."""
+    flat = [
+        len({signal[i] for i in range(g * group, (g + 1) * group) if valid[i]}) < 2 for g in range(len(signal) // group)
+    ]
+    return [g for g, no_signal in enumerate(flat) if not (no_signal and drop_flat)], sum(flat)
 
 
 def _rollout_checksum(samples: list[Sample]) -> int:

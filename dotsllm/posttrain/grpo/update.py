@@ -82,12 +82,16 @@ class PolicyUpdate:
         }
         return results, timing
 
-    @property
-    def rows_per_micro_batch(self) -> int:
-        """``training.micro_batch_size`` counts responses: a prefix-grouped micro-batch holds that many
-        responses' worth of groups (at least one)."""
+    def rows_per_micro_batch(self, rows: int) -> int:
+        """Rows per micro-batch for a mini-batch of ``rows``: ``training.micro_batch_size`` counts
+        responses (a prefix-grouped micro-batch holds that many responses' worth of groups, at least one),
+        and no more than a data-parallel rank's share of the rows: fewer padding rows, which megatron's
+        sequence aux loss would count."""
+        from megatron.core import parallel_state
+
         mbs = self.config.training.micro_batch_size
-        return max(1, mbs // self.config.rollout.group_size) if self.prefix_grouping else mbs
+        mbs = max(1, mbs // self.config.rollout.group_size) if self.prefix_grouping else mbs
+        return max(1, min(mbs, math.ceil(rows / parallel_state.get_data_parallel_world_size())))
 
     def row_length(self, samples: list[Sample], groups: list[list[int]] | None) -> int:
         """``training.seq_length`` for standard rows; for grouped rows the step's longest group, rounded
@@ -108,10 +112,10 @@ class PolicyUpdate:
         as :meth:`train_on` splits them."""
         from megatron.core import parallel_state
 
-        mbs = self.rows_per_micro_batch
         dp = parallel_state.get_data_parallel_world_size()
         values = torch.zeros(rows["response_mask"].shape)
         for part in parts:
+            mbs = self.rows_per_micro_batch(len(part))
             share = rows_of.rank_share(len(part), parallel_state.get_data_parallel_rank(), dp, mbs)
             share = [part[i] if i is not None else None for i in share]
             batches = _on_device(rows_of.micro_batches(rows_of.select_rows(rows, share), mbs))
@@ -136,8 +140,8 @@ class PolicyUpdate:
         from megatron.core import parallel_state
 
         config = self.config
-        mbs = self.rows_per_micro_batch
         mask = rows["response_mask"]
+        mbs = self.rows_per_micro_batch(len(mask))
         responses = mask.flatten(0, 1)
         weights = sequence_weights(
             responses, config.objective.aggregation, int(responses.sum()), int((responses.sum(-1) > 0).sum()),
