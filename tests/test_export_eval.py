@@ -237,18 +237,24 @@ def test_exact_match_scores_own_greedy_continuations(trained, own_task, tmp_path
     assert [p["correct"] for p in result["predictions"]] == expected
 
 
+SAMPLED = ["--samples", "3", "--temperature", "0.05", "--pass-k", "1", "2", "3", "--seed", "7"]
+
+
 def test_eval_of_the_exported_folder_by_transformers_equals_the_checkpoints(trained, own_task, tmp_path):
     """`dotsllm eval HF_FOLDER` (transformers' generate, prompts of one length batched) gives the
-    checkpoint's predictions."""
+    checkpoint's predictions; sampled (transformers' forward, the same seeded sampler), its samples."""
     _, ckpt, out = trained
     task, tokenizer, expected = own_task
     results = {}
     for name, model in (("checkpoint", ckpt), ("hf", out)):
         args = ["eval", str(model), "--tasks", str(task), "--tokenizer", str(tokenizer), "--batch-size", "4"]
-        assert cli.main([*args, "--output", str(tmp_path / f"{name}.json")]) == 0
+        assert cli.main([*args, *SAMPLED, "--output", str(tmp_path / f"{name}.json")]) == 0
         results[name] = json.loads((tmp_path / f"{name}.json").read_text())["tasks"]["own"]
     assert results["hf"] == results["checkpoint"] and results["hf"]["correct"] == 4
     assert [p["correct"] for p in results["hf"]["predictions"]] == expected
+    sampled = results["hf"]["sampled"]
+    assert sampled["samples"] == 3 and list(sampled["pass_at_k"]) == ["1", "2", "3"]
+    assert all(len(p["sampled_predictions"]) == 3 for p in results["hf"]["predictions"])
     with pytest.raises(SystemExit, match="perplexity needs a dotsllm checkpoint"):
         cli.main(["eval", str(out), "--tasks", "perplexity", "--data", "x"])
 
@@ -262,12 +268,13 @@ def test_math_score_finds_the_boxed_answer():
 
 
 def test_eval_under_torchrun_with_expert_parallelism_matches_one_process(trained, heldout, own_task, tmp_path):
-    """`dotsllm eval --ep 2` on two processes (data-parallel ranks sharing windows and prompts)."""
+    """`dotsllm eval --ep 2` on two processes (data-parallel ranks sharing windows, prompts and
+    samples): the same results, samples included."""
     _, ckpt, _ = trained
     task, tokenizer, _ = own_task
     args = [
         "eval", str(ckpt), "--tasks", "perplexity", str(task), "--tokenizer", str(tokenizer), "--data", heldout,
-        "--seq-len", "48", "--batch-size", "2",
+        "--seq-len", "48", "--batch-size", "2", *SAMPLED,
     ]  # fmt: skip
     assert cli.main([*args, "--output", str(tmp_path / "one.json")]) == 0
     torchrun = [
@@ -281,7 +288,7 @@ def test_eval_under_torchrun_with_expert_parallelism_matches_one_process(trained
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     one, ep2 = (json.loads((tmp_path / f"{name}.json").read_text())["tasks"] for name in ("one", "ep2"))
-    assert ep2["own"] == one["own"] and one["own"]["correct"] == 4
+    assert ep2["own"] == one["own"] and one["own"]["correct"] == 4 and "sampled" in one["own"]
     assert ep2["perplexity"]["tokens"] == one["perplexity"]["tokens"] > 0
     assert ep2["perplexity"]["mean_loss"] == pytest.approx(one["perplexity"]["mean_loss"], rel=1e-6)
 

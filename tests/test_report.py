@@ -1,6 +1,7 @@
 """``dotsllm report``: the main job's table from hand-written stage outputs, value by value."""
 
 import json
+import math
 
 import pytest
 
@@ -75,7 +76,7 @@ def report_args(job):
 def test_report_rows_say_what_each_stage_achieved(job, capsys):
     assert main(report_args(job)) == 0
     rows = json.loads((job / "rows.json").read_text())
-    assert rows == [
+    assert [{k: v for k, v in row.items() if k != "numbers"} for row in rows] == [
         {"stage": "data pipeline", "seconds": 11.0,
          "achieved": "1,245 input lines → 1,195 kept, 41 rejected, 9 malformed; 63,264 tokens"},
         {"stage": "pretraining", "seconds": 95.0,
@@ -95,6 +96,106 @@ def test_report_rows_say_what_each_stage_achieved(job, capsys):
     ]  # fmt: skip
     out = capsys.readouterr().out
     assert "10:16" in out and "5:01" in out  # total and GRPO wall time, m:ss
+
+    numbers = {row["stage"]: row["numbers"] for row in rows}
+    assert numbers["data pipeline"] == {
+        "input_lines": 1245, "kept": 1195, "rejected": 41, "malformed": 9, "tokens": 63264
+    }  # fmt: skip
+    assert numbers["pretraining"] == {
+        "steps": 72, "tokens_seen": 98304, "train_loss_first": 9.876, "train_loss_last": 3.4106,
+        "valid_loss": 3.5324, "valid_loss_step": 64,
+    }  # fmt: skip
+    copy = {"score": "exact", "prompts": 2, "accuracy_se": 0.0}
+    assert numbers["SFT"] == {
+        "steps": 393, "valid_loss_first": 1.1434, "valid_loss_last": 0.0031, "valid_loss_first_step": 100,
+        "valid_loss_last_step": 300,
+        "tasks": {"copy": {"before": {**copy, "correct": 0, "accuracy": 0.0},
+                           "after": {**copy, "correct": 2, "accuracy": 1.0}}},
+    }  # fmt: skip
+    # held-out accuracy SE sqrt(p(1 - p) / 200): p = 0.31 and 0.455
+    assert numbers["GRPO"] == {
+        "heldout_prompts": 200, "heldout_accuracy_first": 0.31, "heldout_accuracy_last": 0.455,
+        "heldout_accuracy_first_se": pytest.approx(math.sqrt(0.31 * 0.69 / 200)),
+        "heldout_accuracy_last_se": pytest.approx(math.sqrt(0.455 * 0.545 / 200)),
+        "heldout_first_step": 0, "heldout_last_step": 8,
+        "reward_mean_first_quarter": 0.375, "reward_mean_last_quarter": 0.75,
+        "sampled_accuracy_first_quarter": 0.1875, "sampled_accuracy_last_quarter": 0.375,
+    }  # fmt: skip
+    assert numbers["export to HF"] == {"safetensors_files": 2, "mib": 1.5}
+    # 1 of 3 and 2 of 3 right: SE sqrt((1/3)(2/3) / 3) = sqrt(2/27) for both
+    math_task = {"score": "math", "prompts": 3, "accuracy_se": pytest.approx(math.sqrt(2 / 27))}
+    assert numbers["evaluation"] == {"tasks": {"math": {
+        "hf": {**math_task, "correct": 1, "accuracy": 1 / 3},
+        "checkpoint": {**math_task, "correct": 2, "accuracy": 2 / 3}, "identical_predictions": 2,
+    }}}  # fmt: skip
+    assert numbers["total"] == {}
+
+
+def sampled_result(task, score, counts, n, predictions, step=None, pass_k=None):
+    """An eval result of ``dotsllm eval --samples n``: greedy ``predictions`` (text, correct), and each
+    prompt's count of correct samples (its samples: "right" c times, then "wrong")."""
+    from dotsllm.evaluation.generation import SampledEval, sampled_summary
+    from dotsllm.evaluation.stats import proportion_se
+
+    result = eval_result(task, score, predictions, step)
+    body = result["tasks"][task]
+    body["accuracy"] = body["correct"] / body["samples"]
+    body["accuracy_se"] = proportion_se(body["correct"], body["samples"])
+    for prediction, c in zip(body["predictions"], counts):
+        prediction["sampled_correct"] = c
+        prediction["sampled_predictions"] = ["right"] * c + ["wrong"] * (n - c)
+    body["sampled"] = sampled_summary(counts, SampledEval(n, temperature=0.7, pass_k=pass_k or (1, n)))
+    return result
+
+
+def test_report_shows_standard_errors_and_pass_at_k_of_sampled_evals(job):
+    """Eval JSONs of ``dotsllm eval --samples 4``: value ± SE in the sentences, the numbers as fields."""
+    evals = job / "evals"
+    before = sampled_result("copy", "exact", [0, 1, 0, 0], 4, [("1", False), ("2", False), ("3", False), ("4", False)])
+    after = sampled_result("copy", "exact", [4, 2, 3, 0], 4, [("1", True), ("2", True), ("3", True), ("x", False)], 393)
+    (evals / "before.json").write_text(json.dumps(before))
+    (evals / "after.json").write_text(json.dumps(after))
+    ckpt = sampled_result("math", "math", [1, 0], 2, [("\\boxed{2}", True), ("3", False)], pass_k=(2,))
+    hf = sampled_result("math", "math", [1, 1], 2, [("\\boxed{2}", True), ("4", False)], pass_k=(2,))
+    hf["tasks"]["math"]["predictions"][1]["sampled_predictions"] = ["right", "other"]
+    (evals / "ckpt.json").write_text(json.dumps(ckpt))
+    (evals / "hf.json").write_text(json.dumps(hf))
+    assert main(report_args(job)) == 0
+    rows = {row["stage"]: row for row in json.loads((job / "rows.json").read_text())}
+
+    # before: greedy 0/4, sampled shares 0, 1/4, 0, 0 → 1/16, SE sqrt(((1/16)²·3 + (3/16)²) / 4 / 4) =
+    # sqrt(12/256 / 16) = sqrt(3) / 32 ≈ 0.054; pass@4 (any right) 1/4, SE sqrt(1/4 · 3/4 / 4) ≈ 0.217.
+    # after: greedy 3/4 (SE sqrt(3/64) ≈ 0.217); shares 1, 1/2, 3/4, 0 → 9/16, SE sqrt(35) / 32 ≈ 0.185
+    # (deviations 7, -1, 3, -9 sixteenths: (49 + 1 + 9 + 81) / 256 / 4 / 4); pass@4 3/4, SE ≈ 0.217
+    assert rows["SFT"]["achieved"] == (
+        "held-out exact match: copy 0/4 (0.000 ± 0.000) → 3/4 (0.750 ± 0.217), "
+        "sampled accuracy 0.062 ± 0.054 → 0.562 ± 0.185, pass@1 0.062 ± 0.054 → 0.562 ± 0.185, "
+        "pass@4 0.250 ± 0.217 → 0.750 ± 0.217 (4 samples/prompt, T=0.7); 393 steps, "
+        "valid loss 1.143 → 0.003 (steps 100 → 300)"
+    )
+    sft = rows["SFT"]["numbers"]["tasks"]["copy"]
+    assert sft["after"]["accuracy"] == 0.75 and sft["after"]["accuracy_se"] == pytest.approx(math.sqrt(3 / 64))
+    assert sft["after"]["sampled"]["accuracy"] == 9 / 16
+    assert sft["after"]["sampled"]["accuracy_se"] == pytest.approx(math.sqrt(35) / 32)
+    assert sft["after"]["sampled"]["pass_at_k"]["4"] == {"value": 0.75, "se": pytest.approx(math.sqrt(3 / 64))}
+    assert sft["before"]["sampled"]["pass_at_k"]["1"] == {"value": 1 / 16, "se": pytest.approx(math.sqrt(3) / 32)}
+    assert sft["before"]["sampled"]["samples"] == 4 and sft["before"]["sampled"]["temperature"] == 0.7
+
+    # checkpoint: shares 1/2, 0 → 1/4, SE sqrt((1/16 + 1/16) / 2 / 2) = sqrt(2) / 8 ≈ 0.177; pass@2 1, 0
+    # → 1/2, SE sqrt(1/4 / 2) ≈ 0.354. HF: shares 1/2, 1/2 → 1/2, SE 0; pass@2 1, SE 0. Samples: prompt 1's
+    # right/wrong alike, prompt 2's wrong/wrong against right/other: 2 of 4 identical.
+    assert rows["evaluation"]["achieved"] == (
+        "math math accuracy: transformers on the HF folder 1/2 (0.500 ± 0.354), dotsllm on the checkpoint "
+        "1/2 (0.500 ± 0.354); 1/2 predictions identical; sampled: HF folder accuracy 0.500 ± 0.000, "
+        "pass@2 1.000 ± 0.000 (2 samples/prompt, T=0.7), checkpoint accuracy 0.250 ± 0.177, "
+        "pass@2 0.500 ± 0.354 (2 samples/prompt, T=0.7); 2/4 samples identical"
+    )
+    evaluation = rows["evaluation"]["numbers"]["tasks"]["math"]
+    assert evaluation["identical_predictions"] == 1 and evaluation["identical_sampled_predictions"] == 2
+    pass_at_2 = evaluation["checkpoint"]["sampled"]["pass_at_k"]
+    assert pass_at_2 == {"2": {"value": 0.5, "se": pytest.approx(math.sqrt(1 / 8))}}
+    assert evaluation["checkpoint"]["sampled"]["accuracy_se"] == pytest.approx(math.sqrt(2) / 8)
+    assert evaluation["hf"]["sampled"]["accuracy"] == 0.5 and evaluation["hf"]["sampled"]["accuracy_se"] == 0.0
 
 
 def test_report_names_the_bad_line_of_the_times_file(job):

@@ -6,8 +6,16 @@ own shards), the data-parallel ranks share the work, and rank 0 prints and write
     torchrun --nproc-per-node 8 -m dotsllm.cli eval CKPT --tasks qa.jsonl --tokenizer tok.model --ep 4 --tp 2
 
 CKPT may also be an exported HF folder (config.json, safetensors), run by transformers in one process
-(generation tasks): the same numbers as its checkpoint show that the export holds. For
-lm-evaluation-harness, export first and evaluate the HF folder:
+(generation tasks): the same numbers as its checkpoint show that the export holds.
+
+Every accuracy comes with its standard error over prompts (value ± SE). --samples N adds sampled
+evaluation: N continuations of each prompt at --temperature (and --top-p), seeded by --seed, the
+prompt and the sample's number (the same samples at any batch size or data-parallel layout), scored
+like the greedy answer; it reports the sampled accuracy and the unbiased pass@k of each --pass-k:
+
+    dotsllm eval CKPT --tasks math.jsonl --tokenizer tok.model --score math --samples 16 --temperature 0.7 --pass-k 1 4 16
+
+For lm-evaluation-harness, export first and evaluate the HF folder:
 
     dotsllm export-hf CKPT OUT --tokenizer-dir TOKENIZER_DIR
     lm_eval --model hf --model_args pretrained=OUT,dtype=bfloat16 --tasks hellaswag,arc_easy --batch_size 8
@@ -33,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--tasks", nargs="+", required=True, metavar="TASK",
-        help="'perplexity' (needs --data) and/or JSONL files of {\"prompt\", \"answer\"} lines (greedy exact match)",
+        help="'perplexity' (needs --data) and/or JSONL files of {\"prompt\", \"answer\"} lines (greedy; sampled with --samples)",
     )  # fmt: skip
     ppl = parser.add_argument_group("perplexity")
     ppl.add_argument(
@@ -55,7 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--score", choices=SCORES, default="exact",
         help="exact: the answer, whitespace aside; math: math-verify finds it (\\boxed{} first)",
     )  # fmt: skip
-    parser.add_argument("--batch-size", type=int, default=8, help="windows or prompts per data-parallel rank")
+    sampled = parser.add_argument_group("sampled evaluation (generation tasks; default: greedy only)")
+    sampled.add_argument(
+        "--samples", type=int, metavar="N", help="also draw N continuations of each prompt: sampled accuracy and pass@k"
+    )
+    sampled.add_argument("--temperature", type=float, help="of the samples (> 0; default 1.0)")
+    sampled.add_argument("--top-p", type=float, help="nucleus sampling of the samples (default 1.0: off)")
+    sampled.add_argument("--seed", type=int, help="of the samples (default 0)")
+    sampled.add_argument(
+        "--pass-k", type=int, nargs="+", metavar="K", help="report pass@K for each K <= N (default: 1 and N)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=8, help="windows, prompts or samples per data-parallel rank"
+    )
     layout = parser.add_argument_group("layout", "how the model is split over the processes (torchrun)")
     for flag in ("--tp", "--pp", "--ep"):
         layout.add_argument(flag, type=int, default=1)
@@ -72,11 +92,12 @@ def run(args: argparse.Namespace) -> int:
     from dotsllm.parallel import ParallelConfig
 
     etp = args.etp or (args.tp if args.ep == 1 else 1)
+    sampling = sampled_eval(args)
     try:
         results = evaluate(
             args.checkpoint, args.tasks, data=args.data, seq_len=args.seq_len, max_samples=args.max_samples,
             tokenizer=args.tokenizer, eod_token=args.eod_token, max_new_tokens=args.max_new_tokens, chat=args.chat,
-            score=args.score, batch_size=args.batch_size,
+            score=args.score, batch_size=args.batch_size, sampling=sampling,
             parallel=ParallelConfig(tp=args.tp, pp=args.pp, ep=args.ep, etp=etp, vpp=args.vpp),
         )  # fmt: skip
     except EvaluationError as e:
@@ -89,8 +110,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def sampled_eval(args: argparse.Namespace):
+    """The :class:`~dotsllm.evaluation.generation.SampledEval` of --samples and its options (None
+    without --samples); a bad combination ends the command with one line."""
+    from dotsllm.evaluation.generation import SampledEval
+
+    options = {"temperature": args.temperature, "top_p": args.top_p, "seed": args.seed, "pass_k": args.pass_k}
+    given = {name: value for name, value in options.items() if value is not None}
+    if args.samples is None:
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise SystemExit(f"dotsllm eval: {flags} without --samples N (greedy evaluation samples nothing)")
+        return None
+    try:
+        return SampledEval(args.samples, **given)
+    except ValueError as e:
+        raise SystemExit(f"dotsllm eval: --samples: {e}") from None
+
+
 def results_table(results: dict):
-    """The rich table of :func:`dotsllm.evaluation.runner.evaluate`'s results: one row per task metric."""
+    """The rich table of :func:`dotsllm.evaluation.runner.evaluate`'s results: one row per task metric,
+    accuracies as value ± standard error."""
     from rich.table import Table
 
     where = "HF folder" if results["step"] is None else f"step {results['step']}"
@@ -101,7 +141,19 @@ def results_table(results: dict):
         if "perplexity" in result:
             table.add_row(name, "perplexity", f"{result['perplexity']:.4f}", f"{result['tokens']:,} tokens")
             table.add_row("", "mean loss", f"{result['mean_loss']:.6f}", "")
-        else:
-            count = f"{result['correct']}/{result['samples']}"
-            table.add_row(name, SCORE_NAMES[result["score"]], f"{result['accuracy']:.4f}", count)
+            continue
+        count = f"{result['correct']}/{result['samples']}"
+        table.add_row(name, f"{SCORE_NAMES[result['score']]}, greedy", _plus_minus(result), count)
+        if sampled := result.get("sampled"):
+            n, prompts = sampled["samples"], result["samples"]
+            how = f"{n} samples/prompt, T={sampled['temperature']:g}" + (
+                f", top-p {sampled['top_p']:g}" if sampled["top_p"] < 1 else ""
+            )
+            table.add_row("", f"sampled ({how})", _plus_minus(sampled), f"{sampled['correct']}/{n * prompts}")
+            for k, estimate in sampled["pass_at_k"].items():
+                table.add_row("", f"pass@{k}", _plus_minus(estimate, "value", "se"), "")
     return table
+
+
+def _plus_minus(numbers: dict, value: str = "accuracy", se: str = "accuracy_se") -> str:
+    return f"{numbers[value]:.4f} ± {numbers[se]:.4f}"

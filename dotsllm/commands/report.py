@@ -3,7 +3,10 @@
 Every input is named (``scripts/main_job.sh`` passes its own paths): the data pipeline's output folder
 (its ``manifest.json``), the runs' folders (their ``metrics.jsonl``), the ``dotsllm eval --output``
 JSONs, the exported HF folder, and the wall times (``stage<TAB>seconds`` lines). The rows are built by
-:func:`dotsllm.evaluation.report.report_rows`.
+:func:`dotsllm.evaluation.report.report_rows`: accuracies as value ± standard error where the eval
+JSONs have it, sampled accuracy and pass@k where they were sampled (``dotsllm eval --samples``).
+``--output`` writes the rows as JSON, each with a ``numbers`` dict of its numbers as fields (see
+:mod:`dotsllm.evaluation.report`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--export-eval", nargs=2, required=True, metavar=("CHECKPOINT", "HF"),
         help="dotsllm eval JSONs of one task on the exported checkpoint and on its HF folder",
     )  # fmt: skip
-    parser.add_argument("--output", help="also write the rows as JSON here")
+    parser.add_argument(
+        "--output", help="also write the rows as JSON here, each with its numbers as fields (\"numbers\")"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

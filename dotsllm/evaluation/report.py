@@ -3,13 +3,44 @@
 Built from what the stages leave behind (:class:`JobOutputs`): the data pipeline's ``manifest.json``,
 the runs' ``metrics.jsonl``, the ``dotsllm eval --output`` JSONs (:func:`dotsllm.evaluation.evaluate`'s
 results), the exported HF folder, and the wall times in a ``stage<TAB>seconds`` file (as
-``scripts/main_job.sh`` writes it). Rows are ``{"stage", "achieved", "seconds"}`` dicts, the stages in
-job order, then ``total``; a stage missing from the times file has ``seconds`` None.
+``scripts/main_job.sh`` writes it). Rows are ``{"stage", "achieved", "seconds", "numbers"}`` dicts,
+the stages in job order, then ``total``; a stage missing from the times file has ``seconds`` None.
+
+``achieved`` is the sentence of the table. Where an eval JSON gives standard errors (``accuracy_se``)
+an accuracy reads ``c/n (accuracy ± SE)``, and where it has sampled evaluation (``"sampled"``) the
+sentence adds the sampled accuracy and each pass@k, value ± SE.
+
+``numbers`` holds the sentence's numbers as fields, for a program to read (None where a run logged
+none, e.g. no validation):
+
+- data pipeline: ``input_lines``, ``kept``, ``rejected``, ``malformed``, ``tokens``
+- pretraining: ``steps``, ``tokens_seen``, ``train_loss_first``, ``train_loss_last``, ``valid_loss``
+  (the last), ``valid_loss_step``
+- SFT: ``steps``, ``valid_loss_first``, ``valid_loss_last``, ``valid_loss_first_step``,
+  ``valid_loss_last_step``, and ``tasks``: ``{TASK: {"before": EVAL, "after": EVAL}}``
+- GRPO: ``heldout_prompts``, ``heldout_accuracy_first``/``_last`` with their standard errors
+  ``heldout_accuracy_first_se``/``_last_se`` (``sqrt(p(1 − p) / prompts)``) and steps
+  ``heldout_first_step``/``heldout_last_step``; ``reward_mean_first_quarter``/``_last_quarter`` and
+  ``sampled_accuracy_first_quarter``/``_last_quarter`` (None when the run logged no accuracy)
+- export to HF: ``safetensors_files``, ``mib``
+- evaluation: ``tasks``: ``{TASK: {"hf": EVAL, "checkpoint": EVAL, "identical_predictions": int,
+  "identical_sampled_predictions": int}}`` (the last only when both sides were sampled)
+- total: ``{}``
+
+where EVAL is one task of one eval JSON::
+
+    {"score": "exact" | "math", "prompts": P, "correct": c, "accuracy": c / P, "accuracy_se": SE,
+     "sampled": {"samples": N, "temperature": T, "top_p", "seed", "correct", "accuracy", "accuracy_se",
+                 "pass_at_k": {"K": {"value", "se"}, ...}}}
+
+``accuracy_se`` is ``sqrt(p(1 − p) / P)``, computed from the counts when an older JSON lacks it;
+``sampled`` is there only when the eval was sampled (``dotsllm eval --samples``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,17 +80,21 @@ def report_rows(outputs: JobOutputs) -> list[dict[str, Any]]:
     """The report's rows (see the module doc). A missing file: ``FileNotFoundError`` or
     :class:`~dotsllm.training.plots.MetricsFileError`; malformed content: :class:`ReportError`,
     ``MetricsFileError``, or ``KeyError``/``IndexError`` for a JSON lacking a field."""
+    grpo_text, grpo_numbers = grpo_row(read_metrics(outputs.grpo / METRICS_FILE))
     achieved = {
         "data pipeline": data_row(read_json(outputs.data / "manifest.json")),
         "pretraining": pretrain_row(read_metrics(outputs.pretrain / METRICS_FILE)),
         "SFT": sft_row(read_metrics(outputs.sft / METRICS_FILE), *map(read_json, outputs.sft_eval)),
-        "GRPO": f"{grpo_row(read_metrics(outputs.grpo / METRICS_FILE))}; reward curve {outputs.grpo}/plots/grpo.png",
+        "GRPO": (f"{grpo_text}; reward curve {outputs.grpo}/plots/grpo.png", grpo_numbers),
         "export to HF": export_row(outputs.hf),
         "evaluation": evaluation_row(*map(read_json, outputs.export_eval)),
     }
     times = read_times(outputs.times)
-    found = [{"stage": stage, "achieved": achieved[stage], "seconds": times.get(stage)} for stage in STAGES]
-    return [*found, {"stage": "total", "achieved": "", "seconds": sum(times.values())}]
+    found = [
+        {"stage": stage, "achieved": achieved[stage][0], "seconds": times.get(stage), "numbers": achieved[stage][1]}
+        for stage in STAGES
+    ]
+    return [*found, {"stage": "total", "achieved": "", "seconds": sum(times.values()), "numbers": {}}]
 
 
 def read_json(path: Path) -> Any:
@@ -81,38 +116,58 @@ def read_times(path: Path) -> dict[str, float]:
     return times
 
 
-def data_row(manifest: dict) -> str:
+Row = tuple[str, dict[str, Any]]  # a stage's sentence and its numbers
+
+
+def data_row(manifest: dict) -> Row:
     t = manifest["totals"]
-    return (
+    text = (
         f"{t['input_lines']:,} input lines → {t['kept']:,} kept, {t['rejected']:,} rejected, {t['errors']:,} "
         f"malformed; {t['tokens']:,} tokens"
     )
+    numbers = {"input_lines": t["input_lines"], "kept": t["kept"], "rejected": t["rejected"], "malformed": t["errors"],
+               "tokens": t["tokens"]}  # fmt: skip
+    return text, numbers
 
 
-def pretrain_row(metrics: RunMetrics) -> str:
+def pretrain_row(metrics: RunMetrics) -> Row:
     first, last = metrics.train[0], metrics.train[-1]
     loss = f"{first['loss']:.2f} → {last['loss']:.2f}"
     text = f"{last['step']} steps, {last['tokens_seen']:,} tokens; train loss {loss}"
-    if metrics.valid:
-        text += f", valid loss {metrics.valid[-1]['valid_loss']:.2f} (step {metrics.valid[-1]['step']})"
-    return text
+    valid = metrics.valid[-1] if metrics.valid else {}
+    if valid:
+        text += f", valid loss {valid['valid_loss']:.2f} (step {valid['step']})"
+    numbers = {
+        "steps": last["step"], "tokens_seen": last["tokens_seen"], "train_loss_first": first["loss"],
+        "train_loss_last": last["loss"], "valid_loss": valid.get("valid_loss"), "valid_loss_step": valid.get("step"),
+    }  # fmt: skip
+    return text, numbers
 
 
-def sft_row(metrics: RunMetrics, before: dict, after: dict) -> str:
-    """Held-out accuracy of each task before → after SFT (eval results), the SFT steps, the valid loss."""
-    parts = []
+def sft_row(metrics: RunMetrics, before: dict, after: dict) -> Row:
+    """Held-out accuracy of each task before → after SFT (eval results; sampled accuracy and pass@k
+    where the evals were sampled), the SFT steps, the valid loss."""
+    parts, tasks = [], {}
     for name, result in after["tasks"].items():
         old = before["tasks"][name]
-        parts.append(f"{name} {old['correct']}/{old['samples']} → {result['correct']}/{result['samples']}")
+        part = f"{name} {_count(old)} → {_count(result)}"
+        if "sampled" in old or "sampled" in result:
+            part += f", {_sampled_change(old.get('sampled'), result.get('sampled'))}"
+        parts.append(part)
+        tasks[name] = {"before": eval_numbers(old), "after": eval_numbers(result)}
     text = f"held-out {score_names(after)}: {', '.join(parts)}; {after['step']} steps"
+    first, last = (metrics.valid[0], metrics.valid[-1]) if metrics.valid else ({}, {})
     if metrics.valid:
-        first, last = metrics.valid[0], metrics.valid[-1]
         losses = f"{first['valid_loss']:.3f} → {last['valid_loss']:.3f}"
         text += f", valid loss {losses} (steps {first['step']} → {last['step']})"
-    return text
+    numbers = {
+        "steps": after["step"], "valid_loss_first": first.get("valid_loss"), "valid_loss_last": last.get("valid_loss"),
+        "valid_loss_first_step": first.get("step"), "valid_loss_last_step": last.get("step"), "tasks": tasks,
+    }  # fmt: skip
+    return text, numbers
 
 
-def grpo_row(metrics: RunMetrics) -> str:
+def grpo_row(metrics: RunMetrics) -> Row:
     """Held-out accuracy first → last; the reward mean and the sampled accuracy (the accuracy reward) of
     the first and last quarter of the steps."""
     first, last = metrics.heldout[0], metrics.heldout[-1]
@@ -123,35 +178,124 @@ def grpo_row(metrics: RunMetrics) -> str:
         f"({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}); "
         f"reward mean {' → '.join(_mean(part, 'reward_mean') for part in ends)}"
     )
-    if "accuracy" in metrics.train[0]:
+    sampled = "accuracy" in metrics.train[0]
+    if sampled:
         text += f", sampled accuracy {' → '.join(_mean(part, 'accuracy') for part in ends)}"
-    return text
+    numbers = {
+        "heldout_prompts": last["heldout_samples"],
+        "heldout_accuracy_first": first["heldout_accuracy"],
+        "heldout_accuracy_first_se": _binomial_se(first["heldout_accuracy"], first["heldout_samples"]),
+        "heldout_accuracy_last": last["heldout_accuracy"],
+        "heldout_accuracy_last_se": _binomial_se(last["heldout_accuracy"], last["heldout_samples"]),
+        "heldout_first_step": first["step"], "heldout_last_step": last["step"],
+        "reward_mean_first_quarter": _average(ends[0], "reward_mean"),
+        "reward_mean_last_quarter": _average(ends[1], "reward_mean"),
+        "sampled_accuracy_first_quarter": _average(ends[0], "accuracy") if sampled else None,
+        "sampled_accuracy_last_quarter": _average(ends[1], "accuracy") if sampled else None,
+    }  # fmt: skip
+    return text, numbers
+
+
+def _average(records: list[dict], key: str) -> float:
+    return sum(r[key] for r in records) / len(records)
 
 
 def _mean(records: list[dict], key: str) -> str:
     steps = f"step {records[0]['step']}" if len(records) == 1 else f"steps {records[0]['step']}–{records[-1]['step']}"
-    return f"{sum(r[key] for r in records) / len(records):.3f} ({steps})"
+    return f"{_average(records, key):.3f} ({steps})"
 
 
-def export_row(hf_dir: Path) -> str:
+def _binomial_se(p: float, count: int) -> float | None:
+    return math.sqrt(max(p * (1 - p), 0.0) / count) if count > 0 else None
+
+
+def export_row(hf_dir: Path) -> Row:
     shards = sorted(Path(hf_dir).glob("*.safetensors"))
     if not shards:
         raise ReportError(f"{hf_dir} holds no safetensors")
     size = sum(f.stat().st_size for f in shards) / 2**20
-    return f"{hf_dir}: {len(shards)} safetensors file(s), {size:.1f} MiB, tokenizer with the chat template"
+    text = f"{hf_dir}: {len(shards)} safetensors file(s), {size:.1f} MiB, tokenizer with the chat template"
+    return text, {"safetensors_files": len(shards), "mib": size}
 
 
-def evaluation_row(checkpoint: dict, hf: dict) -> str:
-    """Per task: the HF folder's and the checkpoint's accuracy, and how many predictions are identical."""
-    parts = []
+def evaluation_row(checkpoint: dict, hf: dict) -> Row:
+    """Per task: the HF folder's and the checkpoint's accuracy, and how many predictions are identical;
+    where both were sampled, their sampled accuracy and pass@k, and how many samples are identical."""
+    parts, tasks = [], {}
     for name, ours in checkpoint["tasks"].items():
         theirs = hf["tasks"][name]
         same = sum(a["prediction"] == b["prediction"] for a, b in zip(ours["predictions"], theirs["predictions"]))
-        parts.append(
-            f"{name} {score_names(hf)}: transformers on the HF folder {theirs['correct']}/{theirs['samples']}, dotsllm "
-            f"on the checkpoint {ours['correct']}/{ours['samples']}; {same}/{ours['samples']} predictions identical"
+        part = (
+            f"{name} {score_names(hf)}: transformers on the HF folder {_count(theirs)}, dotsllm "
+            f"on the checkpoint {_count(ours)}; {same}/{ours['samples']} predictions identical"
         )
-    return "; ".join(parts)
+        tasks[name] = {"hf": eval_numbers(theirs), "checkpoint": eval_numbers(ours), "identical_predictions": same}
+        if "sampled" in ours or "sampled" in theirs:
+            part += "; sampled: HF folder " + (_sampled_text(theirs["sampled"]) if "sampled" in theirs else "–")
+            part += ", checkpoint " + (_sampled_text(ours["sampled"]) if "sampled" in ours else "–")
+        if "sampled" in ours and "sampled" in theirs:
+            pairs = [
+                (a, b)
+                for x, y in zip(ours["predictions"], theirs["predictions"])
+                for a, b in zip(x["sampled_predictions"], y["sampled_predictions"])
+            ]
+            alike = sum(a == b for a, b in pairs)
+            part += f"; {alike}/{len(pairs)} samples identical"
+            tasks[name]["identical_sampled_predictions"] = alike
+        parts.append(part)
+    return "; ".join(parts), {"tasks": tasks}
+
+
+def eval_numbers(result: dict) -> dict[str, Any]:
+    """One task of an eval JSON as the report's numbers (EVAL in the module doc)."""
+    prompts, correct = result["samples"], result["correct"]
+    accuracy = correct / prompts
+    numbers = {
+        "score": result.get("score", "exact"), "prompts": prompts, "correct": correct, "accuracy": accuracy,
+        "accuracy_se": result.get("accuracy_se", _binomial_se(accuracy, prompts)),
+    }  # fmt: skip
+    if "sampled" in result:
+        numbers["sampled"] = dict(result["sampled"])
+    return numbers
+
+
+def _count(result: dict) -> str:
+    """``c/n``, and ``(accuracy ± SE)`` where the eval JSON has the standard error."""
+    text = f"{result['correct']}/{result['samples']}"
+    if "accuracy_se" in result:
+        text += f" ({result['correct'] / result['samples']:.3f} ± {result['accuracy_se']:.3f})"
+    return text
+
+
+def _settings(sampled: dict) -> str:
+    top_p = f", top-p {sampled['top_p']:g}" if sampled.get("top_p", 1.0) < 1 else ""
+    return f"{sampled['samples']} samples/prompt, T={sampled['temperature']:g}{top_p}"
+
+
+def _estimate(numbers: dict | None, value: str = "accuracy", se: str = "accuracy_se") -> str:
+    return "–" if numbers is None else f"{numbers[value]:.3f} ± {numbers[se]:.3f}"
+
+
+def _sampled_text(sampled: dict) -> str:
+    """``accuracy A ± SE, pass@K V ± SE, ... (N samples/prompt, T=t)``."""
+    estimates = [f"accuracy {_estimate(sampled)}"]
+    estimates += [f"pass@{k} {_estimate(v, 'value', 'se')}" for k, v in sampled["pass_at_k"].items()]
+    return f"{', '.join(estimates)} ({_settings(sampled)})"
+
+
+def _sampled_change(old: dict | None, new: dict | None) -> str:
+    """``sampled accuracy A → B, pass@K V → W (settings)``; "–" for a side not sampled."""
+    ks = list(dict.fromkeys([*(old or {}).get("pass_at_k", {}), *(new or {}).get("pass_at_k", {})]))
+    changes = [f"sampled accuracy {_estimate(old)} → {_estimate(new)}"]
+    for k in ks:
+        a, b = ((s or {}).get("pass_at_k", {}).get(k) for s in (old, new))
+        changes.append(f"pass@{k} {_estimate(a, 'value', 'se')} → {_estimate(b, 'value', 'se')}")
+    settings = [_settings(s) for s in (old, new) if s is not None]
+    if len(settings) == 2 and settings[0] != settings[1]:
+        how = f"before {settings[0]}, after {settings[1]}"
+    else:
+        how = settings[-1]
+    return f"{', '.join(changes)} ({how})"
 
 
 def score_names(result: dict) -> str:

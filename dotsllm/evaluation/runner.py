@@ -7,9 +7,19 @@ files of ``{"prompt", "answer"}`` lines, each named by its file's stem. The resu
 
     {"checkpoint": str, "step": int | None, "tokens_seen": int | None,
      "tasks": {"perplexity": {"tokens", "mean_loss", "perplexity", "seq_len", "data"},
-               STEM: {"score", "samples", "correct", "accuracy", "predictions"}, ...}}
+               STEM: {"score", "samples", "correct", "accuracy", "accuracy_se", "predictions",
+                      "sampled"?}, ...}}
 
-(``step`` and ``tokens_seen`` are None for a HF folder). Every rank gets them.
+(``step`` and ``tokens_seen`` are None for a HF folder). Every rank gets them. A generation task's
+``samples`` counts its prompts; ``accuracy_se`` is the greedy accuracy's standard error
+``sqrt(p(1 - p) / samples)``; each of ``predictions`` is the task line with ``"prediction"`` and
+``"correct"`` added. With sampled evaluation (``sampling``) each prediction also has
+``"sampled_correct"`` (c_i, of N) and ``"sampled_predictions"`` (its N texts), and the task has::
+
+    "sampled": {"samples": N, "temperature": T, "top_p": P, "seed": S, "correct": Σc_i,
+                "accuracy": mean c_i/N, "accuracy_se": SE, "pass_at_k": {"K": {"value", "se"}, ...}}
+
+(see :mod:`dotsllm.evaluation.generation` and :mod:`dotsllm.evaluation.stats`).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dotsllm.evaluation.generation import SampledEval
 from dotsllm.parallel import ParallelConfig
 from dotsllm.training.checkpoint import META_FILE
 
@@ -42,6 +53,7 @@ def evaluate(
     score: str = "exact",
     batch_size: int = 8,
     parallel: ParallelConfig | None = None,
+    sampling: SampledEval | None = None,
 ) -> dict[str, Any]:
     """The results (see the module doc) of ``tasks`` on ``checkpoint``.
 
@@ -50,8 +62,9 @@ def evaluate(
     limit. ``tokenizer`` (a SentencePiece .model or HF tokenizer.json; ``eod_token`` names a
     tokenizer.json's end-of-document token), ``max_new_tokens``, ``chat`` (prompts as user turns of the
     dots chat template) and ``score`` ("exact" or "math"): the generation tasks', see
-    :func:`~dotsllm.evaluation.generation.exact_match`. ``batch_size``: windows or prompts per
-    data-parallel rank. ``parallel``: the layout a dotsllm checkpoint is loaded into (default: one
+    :func:`~dotsllm.evaluation.generation.exact_match`; ``sampling``: their sampled evaluation besides
+    the greedy one (:class:`~dotsllm.evaluation.generation.SampledEval`). ``batch_size``: windows,
+    prompts or samples per data-parallel rank. ``parallel``: the layout a dotsllm checkpoint is loaded into (default: one
     process); this function initializes ``torch.distributed`` and megatron's parallel state with it.
 
     Inputs that do not fit the tasks raise :class:`EvaluationError` before any model is loaded, and a
@@ -66,6 +79,8 @@ def evaluate(
         raise EvaluationError("the perplexity task needs --data PREFIX...")
     if files and not tokenizer:
         raise EvaluationError("generation tasks need --tokenizer")
+    if sampling is not None and not files:
+        raise EvaluationError("--samples needs a generation task (a JSONL file)")
     samples = {Path(f).stem: read_tasks(f) for f in files}  # fail early on a bad file
     if is_hf_folder(checkpoint):
         if PERPLEXITY in tasks:
@@ -91,7 +106,7 @@ def evaluate(
         template = ChatTemplate(text_tokenizer) if chat else None
         for name, task in samples.items():
             results["tasks"][name] = exact_match(
-                model, text_tokenizer, task, max_new_tokens, batch_size, chat=template, score=score
+                model, text_tokenizer, task, max_new_tokens, batch_size, chat=template, score=score, sampling=sampling
             )
     return results
 
