@@ -74,6 +74,9 @@ def test_export_of_expert_parallel_run_matches_transformers(trained, exported):
     _, _, out = trained
     model, cfg, hf = exported
     assert len(list(out.glob("*.safetensors"))) > 1
+    # no tokenizer given: no token ids to declare (test_lm_eval.py: the ones a tokenizer gives)
+    assert not (out / "generation_config.json").exists()
+    assert "eos_token_id" not in json.loads((out / "config.json").read_text())
     biases = [v for k, v in model.state_dict().items() if k.endswith("router.expert_bias")]
     assert len(biases) == cfg.num_layers - cfg.num_dense_layers and all(b.abs().max() > 0 for b in biases)
     with torch.no_grad():

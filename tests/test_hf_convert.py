@@ -57,6 +57,9 @@ def test_transformers_reproduces_logits_and_greedy_generation(exported):
     assert all((out / f).stat().st_size < 2_000_000 + 2**14 or files.count(f) == 1 for f in files)
     assert "model.layers.1.mlp.experts.7.gate_proj.weight" in index["weight_map"]  # the hub's per-expert names
     assert AutoTokenizer.from_pretrained(out)("hello world")["input_ids"] == [1, 2]
+    # a tokenizer without a stop token (nor the chat tokens): no generation_config.json, no token ids
+    assert not (out / "generation_config.json").exists()
+    assert not {"eos_token_id", "pad_token_id"} & json.loads((out / "config.json").read_text()).keys()
 
     hf, info = Dots1ForCausalLM.from_pretrained(out, dtype=torch.float32, output_loading_info=True)
     hf.eval()
@@ -77,6 +80,30 @@ def test_transformers_reproduces_logits_and_greedy_generation(exported):
         for layer in hf.model.layers[cfg.num_dense_layers :]:
             layer.mlp.gate.e_score_correction_bias.zero_()
         assert (hf(BATCH).logits - expected).abs().max() > 1e-3
+
+
+def test_copied_chat_tokenizer_gets_stop_and_pad_ids(exported, tmp_path):
+    """HF tokenizer files with the dots chat tokens and <|endoftext|>, copied: the chat template, the
+    end of document as pad, and both stop ids in generation_config.json (what transformers reads)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from dotsllm.tokenizer import CHAT_TOKENS
+
+    cfg, model, _ = exported
+    words = {"<unk>": 0, "<|endoftext|>": 1, **{t: 2 + i for i, t in enumerate(CHAT_TOKENS)}, "hello": 8, "world": 9}
+    tokenizer = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tokenizer).save_pretrained(tmp_path / "tok")
+    out = export_hf(model.state_dict().items(), cfg, tmp_path / "hf", tokenizer_dir=tmp_path / "tok")
+
+    ids = {"bos_token_id": None, "eos_token_id": [7, 1], "pad_token_id": 1}  # <|endofresponse|>, <|endoftext|>
+    assert json.loads((out / "generation_config.json").read_text()) == ids
+    assert Dots1ForCausalLM.from_pretrained(out).generation_config.eos_token_id == [7, 1]
+    config = json.loads((out / "config.json").read_text())
+    assert {k: config[k] for k in ids} == {**ids, "eos_token_id": 7}
+    hf = AutoTokenizer.from_pretrained(out)
+    assert (hf.eos_token_id, hf.pad_token_id, hf.bos_token_id) == (7, 1, None) and "<|userprompt|>" in hf.chat_template
+    assert hf.decode([8, 7, 1, 1], skip_special_tokens=True) == "hello"
 
 
 def test_import_round_trips_bit_for_bit(exported):

@@ -16,10 +16,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from dotsllm.convert.hf_mapping import hf_to_megatron, megatron_to_hf, tensor_map, tensor_maps
-from dotsllm.convert.hf_tokenizer import add_chat_template, has_chat_tokens, write_hf_tokenizer
+from dotsllm.convert.hf_tokenizer import complete_copied_tokenizer, generation_ids, write_hf_tokenizer
 from dotsllm.model.config import Dots1ModelConfig
+from dotsllm.tokenizer import Tokenizer
 
 INDEX = "model.safetensors.index.json"
+GENERATION_CONFIG = "generation_config.json"
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja",
@@ -41,18 +43,23 @@ def export_hf(
     come exactly once (``_extra_state`` entries are ignored). The tokenizer comes from HF files
     (``tokenizer_dir``, copied) or from a dotsllm tokenizer (``tokenizer``: a SentencePiece ``.model``
     is converted); either way ``tokenizer_config.json`` carries the dots ``chat_template`` when the
-    vocabulary has the chat tokens (:mod:`dotsllm.convert.hf_tokenizer`).
+    vocabulary has the chat tokens (:mod:`dotsllm.convert.hf_tokenizer`). With a tokenizer,
+    ``config.json`` and ``generation_config.json`` get its token ids
+    (:func:`~dotsllm.convert.hf_tokenizer.generation_ids`): generation stops at ``<|endofresponse|>`` or
+    the end of document, row by row in a batch, and pads with the end of document.
     """
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty")
     out.mkdir(parents=True, exist_ok=True)
+    eod = None
     if tokenizer_dir is not None:
         copy_tokenizer(tokenizer_dir, out)
-        if (out / "tokenizer.json").is_file() and has_chat_tokens(out / "tokenizer.json"):
-            add_chat_template(out)
+        eod = complete_copied_tokenizer(out)
     if tokenizer is not None:
         write_hf_tokenizer(tokenizer, out)
+        eod = Tokenizer(tokenizer).eod
+    token_ids = generation_ids(out, eod)
     owner = {hf: m.megatron_name for m in tensor_maps(cfg) for hf in m.hf_names}
     unseen = set(owner)
     shards: list[list[str]] = []
@@ -92,6 +99,9 @@ def export_hf(
     index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
     (out / INDEX).write_text(json.dumps(index, indent=2) + "\n")
     config = {**cfg.hf_config_dict(), "dtype": str(dtype).removeprefix("torch.")}
+    if token_ids:  # config.json: one eos id, the tokenizer's (as transformers' configs hold it); generation_config: all
+        config.update(token_ids, eos_token_id=token_ids["eos_token_id"][0])
+        (out / GENERATION_CONFIG).write_text(json.dumps(token_ids, indent=2) + "\n")
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     return out
 
