@@ -2,7 +2,7 @@
 
     python bench/bench_grpo.py [--config configs/grpo/dots1-tiny.yaml] [--steps 4] [--repeats 3] [key=value ...]
 
-One process. Runs ``--steps`` steps of the config's GRPO (the demo by default: the arithmetic task from
+One process. Runs ``--steps`` steps of the config's GRPO (the demo by default: the middle-digit task from
 the checkpoint named by ``checkpoint.load_from``; a temporary run directory, no evaluation, no
 checkpoints) and prints the median split of a step: rollout (generation), rewards, log-prob pass
 (old, and reference when β > 0), updates. Then rolls out one step's prompts (G samples each) with the

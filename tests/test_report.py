@@ -57,6 +57,9 @@ def job(tmp_path):
     evals.mkdir()
     (evals / "before.json").write_text(json.dumps(eval_result("copy", "exact", [("1", False), ("2", False)])))
     (evals / "after.json").write_text(json.dumps(eval_result("copy", "exact", [("7", True), ("2", True)], step=393)))
+    digits = [("1", False), ("2", True), ("3", False), ("4", False)]
+    (evals / "before_grpo.json").write_text(json.dumps(eval_result("digits", "exact", digits)))
+    (evals / "after_grpo.json").write_text(json.dumps(eval_result("digits", "exact", [(p, True) for p, _ in digits])))
     math = [("1 + 1 = 2. \\boxed{2}", True), ("3", False), ("\\boxed{9}", True)]
     (evals / "ckpt.json").write_text(json.dumps(eval_result("math", "math", math)))
     (evals / "hf.json").write_text(json.dumps(eval_result("math", "math", [*math[:2], ("\\boxed{8}", False)])))
@@ -68,7 +71,8 @@ def report_args(job):
     return [
         "report", "--times", str(job / "stages.tsv"), "--data", str(job / "data"), "--pretrain", str(job / "pretrain"),
         "--sft", str(job / "sft"), "--sft-eval", str(job / "evals/before.json"), str(job / "evals/after.json"),
-        "--grpo", str(job / "grpo"), "--hf", str(job / "hf"),
+        "--grpo", str(job / "grpo"), "--grpo-eval", str(job / "evals/before_grpo.json"), str(job / "evals/after_grpo.json"),
+        "--hf", str(job / "hf"),
         "--export-eval", str(job / "evals/ckpt.json"), str(job / "evals/hf.json"), "--output", str(job / "rows.json"),
     ]  # fmt: skip
 
@@ -84,9 +88,9 @@ def test_report_rows_say_what_each_stage_achieved(job, capsys):
         {"stage": "SFT", "seconds": 200.0,
          "achieved": "held-out exact match: copy 0/2 → 2/2; 393 steps, valid loss 1.143 → 0.003 (steps 100 → 300)"},
         {"stage": "GRPO", "seconds": 301.0,
-         "achieved": "held-out greedy accuracy 0.310 → 0.455 (200 prompts, steps 0 → 8); reward mean 0.375 (steps 1–2) "
-                     "→ 0.750 (steps 7–8), sampled accuracy 0.188 (steps 1–2) → 0.375 (steps 7–8); "
-                     f"reward curve {job / 'grpo'}/plots/grpo.png"},
+         "achieved": "held-out exact match: digits 1/4 → 4/4; during training: held-out greedy accuracy 0.310 → "
+                     "0.455 (200 prompts, steps 0 → 8), reward mean 0.375 (steps 1–2) → 0.750 (steps 7–8), sampled "
+                     f"accuracy 0.188 (steps 1–2) → 0.375 (steps 7–8); reward curve {job / 'grpo'}/plots/grpo.png"},
         {"stage": "export to HF", "seconds": 9.0,
          "achieved": f"{job / 'hf'}: 2 safetensors file(s), 1.5 MiB, tokenizer with the chat template"},
         {"stage": "evaluation", "seconds": None,
@@ -120,6 +124,10 @@ def test_report_rows_say_what_each_stage_achieved(job, capsys):
         "heldout_first_step": 0, "heldout_last_step": 8,
         "reward_mean_first_quarter": 0.375, "reward_mean_last_quarter": 0.75,
         "sampled_accuracy_first_quarter": 0.1875, "sampled_accuracy_last_quarter": 0.375,
+        "tasks": {"digits": {"before": {"score": "exact", "prompts": 4, "correct": 1, "accuracy": 0.25,
+                                        "accuracy_se": pytest.approx(math.sqrt(0.25 * 0.75 / 4))},
+                             "after": {"score": "exact", "prompts": 4, "correct": 4, "accuracy": 1.0,
+                                       "accuracy_se": 0.0}}},
     }  # fmt: skip
     assert numbers["export to HF"] == {"safetensors_files": 2, "mib": 1.5}
     # 1 of 3 and 2 of 3 right: SE sqrt((1/3)(2/3) / 3) = sqrt(2/27) for both
@@ -205,9 +213,29 @@ def test_report_names_the_bad_line_of_the_times_file(job):
 
 
 def test_report_needs_every_input_named(job):
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match=r"missing --times, --data, .*--grpo-eval, --hf, --export-eval"):
         main(["report", "--output", str(job / "rows.json")])  # no demo paths to fall back on
-    assert exit_info.value.code == 2
+
+
+def test_reports_of_several_runs_combine_into_mean_spread_and_gains(job, tmp_path):
+    paths = []
+    for name, before, after in (("a", 1, 4), ("b", 2, 3)):
+        digits = [(str(i), i < before) for i in range(4)]
+        (job / "evals/before_grpo.json").write_text(json.dumps(eval_result("heldout", "exact", digits)))
+        done = [(str(i), i < after) for i in range(4)]
+        (job / "evals/after_grpo.json").write_text(json.dumps(eval_result("heldout", "exact", done)))
+        args = report_args(job)
+        args[args.index("--output") + 1] = str(tmp_path / f"{name}.json")
+        assert main(args) == 0
+        paths.append(str(tmp_path / f"{name}.json"))
+    assert main(["report", "--combine", *paths, "--output", str(tmp_path / "combined.json")]) == 0
+    combined = json.loads((tmp_path / "combined.json").read_text())
+    after = combined["numbers"]["GRPO: held-out greedy accuracy, after"]
+    assert after["per_run"] == dict(zip(paths, [1.0, 0.75])) and after["mean"] == 0.875
+    assert after["std"] == pytest.approx(math.sqrt(2 * 0.125**2)) and (after["min"], after["max"]) == (0.75, 1.0)
+    assert combined["grpo_gain"] == {paths[0]: {"ratio": 4.0, "difference": 0.75},
+                                     paths[1]: {"ratio": 1.5, "difference": 0.25}}  # fmt: skip
+    assert combined["numbers"]["wall time, seconds"]["mean"] == 616.0
 
 
 def test_report_rows_are_a_library_function_and_name_a_bad_eval_json(job):
@@ -216,7 +244,8 @@ def test_report_rows_are_a_library_function_and_name_a_bad_eval_json(job):
     evals = job / "evals"
     outputs = JobOutputs(
         times=job / "stages.tsv", data=job / "data", pretrain=job / "pretrain", sft=job / "sft",
-        sft_eval=(evals / "before.json", evals / "after.json"), grpo=job / "grpo", hf=job / "hf",
+        sft_eval=(evals / "before.json", evals / "after.json"), grpo=job / "grpo",
+        grpo_eval=(evals / "before_grpo.json", evals / "after_grpo.json"), hf=job / "hf",
         export_eval=(str(evals / "ckpt.json"), str(evals / "hf.json")),
     )  # fmt: skip
     assert main(report_args(job)) == 0

@@ -15,39 +15,51 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    inputs = parser.add_argument_group("the stages' outputs (all required)")
-    inputs.add_argument("--times", required=True, help="stage<TAB>seconds lines")
-    inputs.add_argument("--data", required=True, help="the data pipeline's output folder")
-    inputs.add_argument("--pretrain", required=True, help="the pretraining run")
-    inputs.add_argument("--sft", required=True, help="the SFT run")
+    inputs = parser.add_argument_group("the stages' outputs (all required, unless --combine)")
+    inputs.add_argument("--times", help="stage<TAB>seconds lines")
+    inputs.add_argument("--data", help="the data pipeline's output folder")
+    inputs.add_argument("--pretrain", help="the pretraining run")
+    inputs.add_argument("--sft", help="the SFT run")
     inputs.add_argument(
-        "--sft-eval", nargs=2, required=True, metavar=("BEFORE", "AFTER"),
-        help="dotsllm eval JSONs of the SFT task before and after SFT",
+        "--sft-eval", nargs=2, metavar=("BEFORE", "AFTER"), help="dotsllm eval JSONs of the SFT task before and after SFT"
+    )
+    inputs.add_argument("--grpo", help="the GRPO run")
+    inputs.add_argument(
+        "--grpo-eval", nargs=2, metavar=("BEFORE", "AFTER"),
+        help="dotsllm eval JSONs of the GRPO task before GRPO (the SFT model) and after",
     )  # fmt: skip
-    inputs.add_argument("--grpo", required=True, help="the GRPO run")
-    inputs.add_argument("--hf", required=True, help="the exported HF folder")
+    inputs.add_argument("--hf", help="the exported HF folder")
     inputs.add_argument(
-        "--export-eval", nargs=2, required=True, metavar=("CHECKPOINT", "HF"),
+        "--export-eval", nargs=2, metavar=("CHECKPOINT", "HF"),
         help="dotsllm eval JSONs of one task on the exported checkpoint and on its HF folder",
+    )  # fmt: skip
+    parser.add_argument(
+        "--combine", nargs="+", metavar="REPORT",
+        help="instead: several report JSONs (--output of runs with other seeds or thread counts): each headline "
+        "number per run, its mean, spread, min and max, and each run's GRPO gain",
     )  # fmt: skip
     parser.add_argument(
         "--output", help="also write the rows as JSON here, each with its numbers as fields (\"numbers\")"
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
+INPUTS = ("times", "data", "pretrain", "sft", "sft_eval", "grpo", "grpo_eval", "hf", "export_eval")
 
+
+def run(args: argparse.Namespace) -> int:
     from dotsllm.evaluation.report import JobOutputs, ReportError, report_rows
     from dotsllm.training.plots import MetricsFileError
 
-    outputs = JobOutputs(
-        times=args.times, data=args.data, pretrain=args.pretrain, sft=args.sft, sft_eval=args.sft_eval,
-        grpo=args.grpo, hf=args.hf, export_eval=args.export_eval,
-    )  # fmt: skip
+    if args.combine:
+        return _combine(args.combine, args.output)
+    if missing := [f"--{name.replace('_', '-')}" for name in INPUTS if getattr(args, name) is None]:
+        raise SystemExit(f"dotsllm report: missing {', '.join(missing)} (or give --combine REPORT ...)")
+    outputs = JobOutputs(**{name: getattr(args, name) for name in INPUTS})
     try:
         found = report_rows(outputs)
     except ReportError as e:
@@ -63,6 +75,34 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(found, indent=2, ensure_ascii=False) + "\n")
     return 0
+
+
+def _combine(paths: list[str], output: str | None) -> int:
+    from dotsllm.evaluation.report import combine_reports, read_json
+
+    combined = combine_reports({path: read_json(Path(path)) for path in paths})
+    table = Table(title=f"the main job over {len(paths)} runs: mean ± standard deviation [min – max]")
+    for column in ("number", *(f"run {i + 1}" for i in range(len(paths))), "mean ± sd [min – max]"):
+        table.add_column(column)
+    for label, stats in combined["numbers"].items():
+        values = [_g(v) for v in stats["per_run"].values()]
+        spread = "–" if stats["mean"] is None else (
+            f"{_g(stats['mean'])} ± {_g(stats['std'])} [{_g(stats['min'])} – {_g(stats['max'])}]"
+        )  # fmt: skip
+        table.add_row(label, *values, spread)
+    gains = [f"{g['ratio']:.2f}× / {g['difference']:+.3f}" for g in combined["grpo_gain"].values()]
+    table.add_row("GRPO gain, greedy accuracy (after / before, after − before)", *gains, "", end_section=True)
+    console = Console(width=200)
+    console.print(table)
+    for i, path in enumerate(paths, 1):
+        console.print(f"run {i}: {path}")
+    if output:
+        Path(output).write_text(json.dumps(combined, indent=2) + "\n")
+    return 0
+
+
+def _g(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def _duration(seconds: float | None) -> str:

@@ -130,7 +130,8 @@ def exact_match(
     if chat is None:
         prompts, stop = tokenizer.encode_batch([s["prompt"] for s in samples]), [tokenizer.eod]
     else:
-        prompts, stop = [chat.generation_prompt(_chat_messages(s)) for s in samples], [chat.stop_id]
+        # a reply ends at <|endofresponse|>, or at the end of document (as an exported model's generation_config)
+        prompts, stop = [chat.generation_prompt(_chat_messages(s)) for s in samples], [chat.stop_id, tokenizer.eod]
     budgets = [max_new_tokens or len(ids) for ids in tokenizer.encode_batch([s["answer"] for s in samples])]
     for i, ids in enumerate(prompts):
         if not ids:

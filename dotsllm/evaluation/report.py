@@ -18,7 +18,7 @@ none, e.g. no validation):
   (the last), ``valid_loss_step``
 - SFT: ``steps``, ``valid_loss_first``, ``valid_loss_last``, ``valid_loss_first_step``,
   ``valid_loss_last_step``, and ``tasks``: ``{TASK: {"before": EVAL, "after": EVAL}}``
-- GRPO: ``heldout_prompts``, ``heldout_accuracy_first``/``_last`` with their standard errors
+- GRPO: ``tasks`` as SFT's (the GRPO task before and after GRPO), ``heldout_prompts``, ``heldout_accuracy_first``/``_last`` with their standard errors
   ``heldout_accuracy_first_se``/``_last_se`` (``sqrt(p(1 − p) / prompts)``) and steps
   ``heldout_first_step``/``heldout_last_step``; ``reward_mean_first_quarter``/``_last_quarter`` and
   ``sampled_accuracy_first_quarter``/``_last_quarter`` (None when the run logged no accuracy)
@@ -66,13 +66,14 @@ class JobOutputs:
     sft: Path  # the SFT run folder
     sft_eval: tuple[Path, Path]  # eval JSONs of the SFT task: before SFT (the pretrained model), after
     grpo: Path  # the GRPO run folder (its reward curve: plots/grpo.png)
+    grpo_eval: tuple[Path, Path]  # eval JSONs of the GRPO task: before GRPO (the SFT model), after
     hf: Path  # the exported HF folder
     export_eval: tuple[Path, Path]  # eval JSONs of one task: the exported checkpoint (dotsllm), its HF folder
 
     def __post_init__(self) -> None:
         for name in ("times", "data", "pretrain", "sft", "grpo", "hf"):
             object.__setattr__(self, name, Path(getattr(self, name)))
-        for name in ("sft_eval", "export_eval"):
+        for name in ("sft_eval", "grpo_eval", "export_eval"):
             object.__setattr__(self, name, tuple(Path(p) for p in getattr(self, name)))
 
 
@@ -80,7 +81,7 @@ def report_rows(outputs: JobOutputs) -> list[dict[str, Any]]:
     """The report's rows (see the module doc). A missing file: ``FileNotFoundError`` or
     :class:`~dotsllm.training.plots.MetricsFileError`; malformed content: :class:`ReportError`,
     ``MetricsFileError``, or ``KeyError``/``IndexError`` for a JSON lacking a field."""
-    grpo_text, grpo_numbers = grpo_row(read_metrics(outputs.grpo / METRICS_FILE))
+    grpo_text, grpo_numbers = grpo_row(read_metrics(outputs.grpo / METRICS_FILE), *map(read_json, outputs.grpo_eval))
     achieved = {
         "data pipeline": data_row(read_json(outputs.data / "manifest.json")),
         "pretraining": pretrain_row(read_metrics(outputs.pretrain / METRICS_FILE)),
@@ -144,9 +145,9 @@ def pretrain_row(metrics: RunMetrics) -> Row:
     return text, numbers
 
 
-def sft_row(metrics: RunMetrics, before: dict, after: dict) -> Row:
-    """Held-out accuracy of each task before → after SFT (eval results; sampled accuracy and pass@k
-    where the evals were sampled), the SFT steps, the valid loss."""
+def task_changes(before: dict, after: dict) -> tuple[str, dict[str, Any]]:
+    """Each task's held-out accuracy before → after (eval results; sampled accuracy and pass@k where the
+    evals were sampled), as text and as ``{TASK: {"before": EVAL, "after": EVAL}}``."""
     parts, tasks = [], {}
     for name, result in after["tasks"].items():
         old = before["tasks"][name]
@@ -155,7 +156,13 @@ def sft_row(metrics: RunMetrics, before: dict, after: dict) -> Row:
             part += f", {_sampled_change(old.get('sampled'), result.get('sampled'))}"
         parts.append(part)
         tasks[name] = {"before": eval_numbers(old), "after": eval_numbers(result)}
-    text = f"held-out {score_names(after)}: {', '.join(parts)}; {after['step']} steps"
+    return f"held-out {score_names(after)}: {', '.join(parts)}", tasks
+
+
+def sft_row(metrics: RunMetrics, before: dict, after: dict) -> Row:
+    """Held-out accuracy of each task before → after SFT, the SFT steps, the valid loss."""
+    changes, tasks = task_changes(before, after)
+    text = f"{changes}; {after['step']} steps"
     first, last = (metrics.valid[0], metrics.valid[-1]) if metrics.valid else ({}, {})
     if metrics.valid:
         losses = f"{first['valid_loss']:.3f} → {last['valid_loss']:.3f}"
@@ -167,15 +174,17 @@ def sft_row(metrics: RunMetrics, before: dict, after: dict) -> Row:
     return text, numbers
 
 
-def grpo_row(metrics: RunMetrics) -> Row:
-    """Held-out accuracy first → last; the reward mean and the sampled accuracy (the accuracy reward) of
-    the first and last quarter of the steps."""
+def grpo_row(metrics: RunMetrics, before: dict, after: dict) -> Row:
+    """Held-out accuracy of the GRPO task before → after (eval results: greedy, sampled, pass@k); the run's
+    own held-out greedy accuracy first → last; the reward mean and the sampled accuracy (the accuracy
+    reward) of the first and last quarter of the steps."""
     first, last = metrics.heldout[0], metrics.heldout[-1]
     quarter = max(1, len(metrics.train) // 4)
     ends = metrics.train[:quarter], metrics.train[-quarter:]
+    changes, tasks = task_changes(before, after)
     text = (
-        f"held-out greedy accuracy {first['heldout_accuracy']:.3f} → {last['heldout_accuracy']:.3f} "
-        f"({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}); "
+        f"{changes}; during training: held-out greedy accuracy {first['heldout_accuracy']:.3f} → "
+        f"{last['heldout_accuracy']:.3f} ({last['heldout_samples']} prompts, steps {first['step']} → {last['step']}), "
         f"reward mean {' → '.join(_mean(part, 'reward_mean') for part in ends)}"
     )
     sampled = "accuracy" in metrics.train[0]
@@ -192,6 +201,7 @@ def grpo_row(metrics: RunMetrics) -> Row:
         "reward_mean_last_quarter": _average(ends[1], "reward_mean"),
         "sampled_accuracy_first_quarter": _average(ends[0], "accuracy") if sampled else None,
         "sampled_accuracy_last_quarter": _average(ends[1], "accuracy") if sampled else None,
+        "tasks": tasks,
     }  # fmt: skip
     return text, numbers
 
@@ -302,3 +312,57 @@ def score_names(result: dict) -> str:
     """The names of the scores of an eval result's tasks (``exact match``, ``math accuracy``)."""
     scores = {task.get("score", "exact") for task in result["tasks"].values()}
     return " / ".join(SCORE_NAMES[s] for s in sorted(scores))
+
+
+# ---- several runs of the job (seeds, thread counts) -------------------------------------------------
+
+HEADLINES = {  # the numbers a reader compares across runs: (stage, dotted path in its numbers)
+    "pretraining: train loss, last": ("pretraining", "train_loss_last"),
+    "SFT: copy tasks held-out exact match, after": ("SFT", "tasks.heldout_eval.after.accuracy"),
+    "GRPO: held-out greedy accuracy, before": ("GRPO", "tasks.heldout.before.accuracy"),
+    "GRPO: held-out greedy accuracy, after": ("GRPO", "tasks.heldout.after.accuracy"),
+    "GRPO: held-out sampled accuracy (pass@1), before": ("GRPO", "tasks.heldout.before.sampled.accuracy"),
+    "GRPO: held-out sampled accuracy (pass@1), after": ("GRPO", "tasks.heldout.after.sampled.accuracy"),
+    "GRPO: held-out pass@8, before": ("GRPO", "tasks.heldout.before.sampled.pass_at_k.8.value"),
+    "GRPO: held-out pass@8, after": ("GRPO", "tasks.heldout.after.sampled.pass_at_k.8.value"),
+    "evaluation: predictions identical, HF folder vs checkpoint": ("evaluation", "tasks.heldout.identical_predictions"),
+    "wall time, seconds": ("total", "seconds"),
+}
+
+
+def combine_reports(reports: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Several reports of the job (``{name: rows}``, e.g. one per seed and thread count): each headline
+    number (:data:`HEADLINES`) per run, with its mean, sample standard deviation, min and max; and the
+    GRPO gain of each run (after / before and after − before of the held-out greedy accuracy)."""
+    combined: dict[str, Any] = {"runs": list(reports), "numbers": {}}
+    for label, (stage, path) in HEADLINES.items():
+        values = {name: _lookup(rows, stage, path) for name, rows in reports.items()}
+        found = [v for v in values.values() if v is not None]
+        combined["numbers"][label] = {"per_run": values, **_spread(found)}
+    before, after = (combined["numbers"][f"GRPO: held-out greedy accuracy, {when}"]["per_run"] for when in ("before", "after"))
+    combined["grpo_gain"] = {
+        name: {"ratio": after[name] / before[name] if before[name] else math.inf, "difference": after[name] - before[name]}
+        for name in reports
+        if before[name] is not None and after[name] is not None
+    }
+    return combined
+
+
+def _lookup(rows: list[dict[str, Any]], stage: str, path: str) -> float | None:
+    row = next((r for r in rows if r["stage"] == stage), None)
+    if row is None:
+        return None
+    node: Any = {"seconds": row["seconds"], **row["numbers"]}
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node if isinstance(node, (int, float)) else None
+
+
+def _spread(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None, "min": None, "max": None}
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}

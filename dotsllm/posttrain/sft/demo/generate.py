@@ -24,6 +24,15 @@ TASKS = {
 }
 SYSTEMS = ["You answer in a few words.", "Be brief."]
 TRAIN, HELD_OUT = 3000, 200
+SEED = 2026
+
+
+def number_split(seed: int = SEED) -> tuple[list[str], list[str]]:
+    """(held-out, train) three-digit numbers: no held-out number is in any training conversation (the
+    GRPO demo task, :mod:`dotsllm.posttrain.grpo.middle_digit`, holds out the same ones)."""
+    pool = [str(n) for n in range(100, 1000)]
+    random.Random(seed).shuffle(pool)
+    return pool[:HELD_OUT], pool[HELD_OUT:]
 
 
 def question(rng: random.Random, number: str) -> tuple[str, str]:
@@ -42,9 +51,9 @@ def conversation(rng: random.Random, pool: list[str], turns: int) -> list[dict[s
 def main(out_dir: str | Path = Path(__file__).parent) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(2026)
+    rng = random.Random(SEED)
     pool = [str(n) for n in range(100, 1000)]
-    rng.shuffle(pool)
+    rng.shuffle(pool)  # number_split's order; the same rng then draws the conversations
     held_out, train = pool[:HELD_OUT], pool[HELD_OUT:]
     with (out / "train.jsonl").open("w") as f:
         for _ in range(TRAIN):
