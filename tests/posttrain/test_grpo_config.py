@@ -28,14 +28,14 @@ class CharTokenizer:
 
 def test_configs_load_and_bad_values_are_named():
     tiny = GRPOConfig.load(CONFIGS / "dots1-tiny.yaml")
-    assert tiny.max_prompt_tokens == 96 and tiny.moe.router_replay and tiny.moe.expert_bias_update_rate == 0
+    assert tiny.max_prompt_tokens == 40 and tiny.moe.router_replay and tiny.moe.expert_bias_update_rate == 0
     big = GRPOConfig.load(CONFIGS / "dots1-142b.yaml", ["tokenizer=tok.model"])
     assert (big.parallel.tp, big.parallel.pp, big.parallel.ep) == (8, 2, 16)
     assert big.rollout.group_size * big.rollout.prompts_per_step == 512 and big.objective.clip_high == 0.28
     for override, message in [
         ("objective.aggregation=mean", "objective.aggregation: expected one of"),
         ("objective.dual_clip=0.5", "dual_clip must be > 1"),
-        ("training.seq_length=32", r"training.seq_length \(32\) must exceed rollout.max_new_tokens \(32\)"),
+        ("training.seq_length=8", r"training.seq_length \(8\) must exceed rollout.max_new_tokens \(8\)"),
         ("rewards.accuracy=nope", "rewards.accuracy is 'nope'"),
         ("rollout.backend=vllm", "rollout.backend 'vllm' is not one of"),
         ("advantages.scale=std", "advantages.scale: expected one of 'group', 'batch', 'none', got 'std'"),
