@@ -3,7 +3,7 @@
 # table of what each stage achieved and its wall time (kept in $JOB, default outputs/main_job/).
 #   data pipeline  the sample corpus → filtered, deduplicated token shards and a SentencePiece tokenizer
 #   pretraining    dots1-tiny on those shards (every run also writes its plots, RUN_DIR/plots/*.png)
-#   SFT            the digit-copy demo set plus 300 demonstrations of the GRPO task (the middle digit of a
+#   SFT            the digit-copy demo set plus 30 demonstrations of the GRPO task (the middle digit of a
 #                  three-digit number); held-out exact match of the copy tasks before and after
 #   GRPO           the middle digit, from the SFT checkpoint, with an exact-match verifier; held-out greedy
 #                  accuracy, sampled accuracy and pass@8 before and after (200 numbers no training data holds)
