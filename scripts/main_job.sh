@@ -22,7 +22,7 @@ TOK=outputs/data_sample/tokenizer.model
 COPY_TASK=dotsllm/posttrain/sft/demo/heldout_eval.jsonl
 TASK=outputs/middle_digit
 HELDOUT=(--tasks $TASK/heldout.jsonl --tokenizer $TOK --chat --max-new-tokens 8 --batch-size 100)
-SAMPLED=(--samples 8 --temperature 1.0 --pass-k 1 8)
+SAMPLED=(--samples 8 --temperature 1.0 --pass-k 8)  # pass@1 is the sampled accuracy, reported anyway
 
 data_pipeline_stage() {
   data_pipeline run configs/data/sample.yaml

@@ -85,9 +85,9 @@ def _combine(paths: list[str], output: str | None) -> int:
     for column in ("number", *(f"run {i + 1}" for i in range(len(paths))), "mean ± sd [min – max]"):
         table.add_column(column)
     for label, stats in combined["numbers"].items():
-        values = [_g(v) for v in stats["per_run"].values()]
+        values = [_cell(v) for v in stats["per_run"].values()]
         spread = "–" if stats["mean"] is None else (
-            f"{_g(stats['mean'])} ± {_g(stats['std'])} [{_g(stats['min'])} – {_g(stats['max'])}]"
+            f"{_cell(stats['mean'])} ± {_cell(stats['std'])} [{_cell(stats['min'])} – {_cell(stats['max'])}]"
         )  # fmt: skip
         table.add_row(label, *values, spread)
     gains = [f"{g['ratio']:.2f}× / {g['difference']:+.3f}" for g in combined["grpo_gain"].values()]
@@ -101,7 +101,7 @@ def _combine(paths: list[str], output: str | None) -> int:
     return 0
 
 
-def _g(value: float | None) -> str:
+def _cell(value: float | None) -> str:
     return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -363,6 +364,5 @@ def _lookup(rows: list[dict[str, Any]], stage: str, path: str) -> float | None:
 def _spread(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "std": None, "min": None, "max": None}
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return {"mean": mean, "std": std, "min": min(values), "max": max(values)}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0  # sample standard deviation
+    return {"mean": statistics.fmean(values), "std": std, "min": min(values), "max": max(values)}
