@@ -1,7 +1,8 @@
 """Pipeline assembly: the config → datatrove stages → executors (local, SLURM, Ray) → `manifest.json`.
 
 Stages (each a datatrove executor run, resumable per task through its completion files):
-  ingest        (`tasks`) read, URL filter, HTML extraction, language ID, dedup records by MD5
+  ingest        (`tasks`) read, URL filter, HTML extraction, language ID, dedup records by MD5 (each
+                noting whether the rule filters would drop the document, for exact dedup to keep a copy that passes)
   dedup_index   (`steps.dedup_index.tasks`) exact-dedup decisions per MD5 partition, then line
                 counts per line-hash partition: two runs, `exact` and `lines`
   filter        (`tasks`) exact dedup, line dedup, rule filters, MinHash band records
@@ -73,6 +74,18 @@ def _kept_document(writer, doc) -> dict:  # a datatrove writer adapter: bound to
     return record
 
 
+def rule_filters(config: DictConfig, with_rejects: bool = True) -> list[RuleFilter]:
+    """The enabled rule filters of `steps.quality`, in config order; `with_rejects`: writing rejected documents."""
+    filters = []
+    for kind, rule in config.steps.quality.items():
+        if rule.enabled:
+            params = OmegaConf.to_container(rule.params)
+            per_language = OmegaConf.to_container(rule.per_language)
+            rejects = RejectedWriter(config.output_dir, kind) if with_rejects else None
+            filters.append(RuleFilter(kind, params, per_language, rejects))
+    return filters
+
+
 def build_stages(config: DictConfig) -> list[Stage]:
     """The stages the config enables, in order."""
     out, steps, tasks = config.output_dir, config.steps, config.tasks
@@ -99,7 +112,8 @@ def build_stages(config: DictConfig) -> list[Stage]:
     index, dedup = steps.dedup_index, f"{work}/dedup"
     if exact or lines:
         edge_lines = steps.line_dedup.edge_lines if lines else None
-        ingest.append(DedupHasher(dedup, index.tasks, index.buffer_bytes, edge_lines))
+        checks = rule_filters(config, with_rejects=False) if exact else []  # exact dedup keeps a copy that passes
+        ingest.append(DedupHasher(dedup, index.tasks, index.buffer_bytes, edge_lines, checks))
     ingest.append(intermediate_writer("ingest"))
     stages = [Stage("ingest", ingest, tasks)]
 
@@ -116,11 +130,7 @@ def build_stages(config: DictConfig) -> list[Stage]:
         filtering.append(DuplicateFilter(f"{dedup}/exact", "exact_duplicate", "🎯 Exact dedup", exact_rejects))
     if lines:
         filtering.append(LineDedup(f"{dedup}/marks", RejectedWriter(out, "line_dedup")))
-    for kind, rule in steps.quality.items():
-        if rule.enabled:
-            params = OmegaConf.to_container(rule.params)
-            per_language = OmegaConf.to_container(rule.per_language)
-            filtering.append(RuleFilter(kind, params, per_language, RejectedWriter(out, kind)))
+    filtering += rule_filters(config)
     minhash, near = steps.minhash, f"{work}/minhash"
     if minhash.enabled:
         mh_config = MinhashConfig(minhash.n_grams, minhash.bands, minhash.rows, minhash.seed)

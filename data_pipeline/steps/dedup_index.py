@@ -2,19 +2,25 @@
 
 Three steps over sorted files (`data_pipeline.sorted_runs`), each task holding at most `buffer_bytes`:
 - `DedupHasher` (ingest, per task) writes one record per document, partitioned by the MD5 of its
-  normalized text: `(md5, key, edge lines, id)`, sorted by `(md5, key)`.
-- `ExactIndex` (dedup_index, one task per MD5 partition) keeps each MD5's smallest key and lists
-  every other document for its filter task with the kept id; it passes the edge lines of the kept
-  documents on to the line index, partitioned by line hash, as `(line hash, key, position)`.
+  normalized text: `(md5, fails, key, edge lines, id)`, sorted by `(md5, fails, key)`; `fails` is 1
+  when the document fails one of the rule filters the filter stage will run (checked here on a copy).
+- `ExactIndex` (dedup_index, one task per MD5 partition) keeps, of each MD5, the smallest key among the
+  documents that pass the rule filters (the smallest key of all when none does), so a clean copy is
+  not dropped for a copy the filters then drop; it lists every other document for its filter task with
+  the kept id, and passes the edge lines of the kept documents on to the line index, partitioned by
+  line hash, as `(line hash, key, position)`.
 - `LineIndex` (dedup_index, one task per line-hash partition) counts each line's occurrences in key
   order and lists `(key, position)` past the first `max_count` for its filter task.
 Line counts run over the documents exact dedup keeps, hence the two passes. The filter stage's
-`DuplicateFilter` and `LineDedup` read their task's lists as its documents stream by.
+`DuplicateFilter` and `LineDedup` read their task's lists as its documents stream by. The rule filters
+are checked on the ingested text; the filter stage runs them after line dedup, which can only remove
+boilerplate lines, so a kept copy that passed here can still fail there when those lines carried it.
 """
 
 import struct
 
-from datatrove.data import DocumentsPipeline
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.base import PipelineStep
 
 from data_pipeline.records import task_of_key
@@ -22,7 +28,7 @@ from data_pipeline.sorted_runs import RunWriter, key_bytes, key_of, merge_sorted
 from data_pipeline.steps.exact_dedup import exact_hash
 from data_pipeline.steps.line_dedup import MARK_SIZE, edge_lines
 
-_DOCUMENT = struct.Struct(">16s8sH")  # md5, key, number of edge lines; then the lines, then the id
+_DOCUMENT = struct.Struct(">16sB8sH")  # md5, fails a rule filter, key, number of edge lines; the lines; the id
 _EDGE_LINE = struct.Struct(">IQ")  # position, hash
 _LINE = struct.Struct(">Q8sI")  # line hash, key, position: sorted, a line's occurrences in key order
 
@@ -38,26 +44,38 @@ class DedupHasher(PipelineStep):
     name = "#️⃣ Dedup hashes"
     type = "🫂 - DEDUP"
 
-    def __init__(self, folder: str, partitions: int, buffer_bytes: int, edge_lines: int | None = 5):
-        """`edge_lines` None: no line dedup, the records carry no lines."""
+    def __init__(self, folder: str, partitions: int, buffer_bytes: int, edge_lines: int | None = 5,
+                 rule_filters: list[BaseFilter] = ()):
+        """`edge_lines` None: no line dedup, the records carry no lines. `rule_filters`: the filter stage's
+        rule filters (other instances, without exclusion writers), in its order."""
         super().__init__()
         self.folder = folder
         self.partitions = partitions
         self.buffer_bytes = buffer_bytes
         self.edge_lines = edge_lines
+        self.rule_filters = list(rule_filters)
+
+    def fails_a_rule_filter(self, doc: Document) -> bool:
+        """Whether the rule filters, run in order on a copy of `doc` (the C4 filter edits text), drop it."""
+        probe = Document(text=doc.text, id=doc.id, metadata=dict(doc.metadata))
+        return any(rule.filter(probe) is not True for rule in self.rule_filters)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         runs = RunWriter(f"{self.folder}/documents", f"{rank:05d}", self.buffer_bytes)
+        failing = 0
         for doc in data:
             with self.track_time():
                 digest = exact_hash(doc.text)
                 lines = edge_lines(doc.text, self.edge_lines) if self.edge_lines is not None else []
-                record = (_DOCUMENT.pack(digest, key_bytes(doc.metadata["key"]), len(lines))
+                fails = self.fails_a_rule_filter(doc)
+                failing += fails
+                record = (_DOCUMENT.pack(digest, fails, key_bytes(doc.metadata["key"]), len(lines))
                           + b"".join(_EDGE_LINE.pack(*line) for line in lines) + doc.id.encode())
                 runs.add(int.from_bytes(digest[:8], "big") % self.partitions, record)
             yield doc
         runs.close()
         self.stat_update("sorted_runs", value=runs.runs)
+        self.stat_update("failing_rule_filters", value=failing)
 
 
 class ExactIndex(PipelineStep):
@@ -84,16 +102,17 @@ class ExactIndex(PipelineStep):
         duplicates = RunWriter(f"{self.folder}/exact", f"{rank:05d}", buffer)
         lines = RunWriter(f"{self.folder}/lines", f"{rank:05d}", buffer, record_size=_LINE.size)
         kept_md5 = kept_id = None
-        documents = 0
+        documents = no_copy_passes = 0
         with self.track_time():
             for documents, record in enumerate(
                     merge_sorted(partition_files(f"{self.folder}/documents", rank), None, self.buffer_bytes), 1):
-                md5, key, n_lines = _DOCUMENT.unpack_from(record)
+                md5, fails, key, n_lines = _DOCUMENT.unpack_from(record)
                 lines_end = _DOCUMENT.size + n_lines * _EDGE_LINE.size
-                if md5 != kept_md5:  # the first of its MD5 is the smallest key
-                    kept_md5, kept_id = md5, record[lines_end:]
+                if md5 != kept_md5:  # the first of its MD5: the smallest key of those that pass, if any does
+                    kept_md5, kept_id, kept_fails = md5, record[lines_end:], fails
                 elif self.exact:
                     duplicates.add(task_of_key(key_of(key), self.tasks), key + kept_id)
+                    no_copy_passes += kept_fails
                     continue
                 if self.lines:
                     for position, line_hash in _EDGE_LINE.iter_unpack(record[_DOCUMENT.size : lines_end]):
@@ -102,6 +121,7 @@ class ExactIndex(PipelineStep):
             lines.close()
         self.stat_update("documents", value=documents)
         self.stat_update("exact_duplicates", value=duplicates.records)
+        self.stat_update("exact_duplicates_no_copy_passes", value=no_copy_passes)  # of groups all failing
         self.stat_update("sorted_runs", value=duplicates.runs + lines.runs)
 
 
