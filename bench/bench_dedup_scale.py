@@ -15,6 +15,14 @@ peak RSS is its high-water mark (VmHWM), throughput is corpus documents per CPU-
 stage's tasks (process time, so other load on the machine matters little).
 Targets: at 16×, every stage's peak RSS ≤ 1.3× its 1× peak and docs/s/core ≥ 0.9× its 1× rate;
 every planted duplicate found at every size.
+
+    python bench/bench_dedup_scale.py --clusters [--cluster-base 65536] [--sizes 1 4 16]
+
+The clustering-heavy case: the MinHash clustering step alone, on the pairs a corpus of `--cluster-base`
+× size near-duplicate documents would give (every document in a planted cluster of 2 to 64, each
+cluster a random spanning tree plus half as many extra pairs, as LSH bands give), 1,048,576 documents
+at 16×; one process per size, a buffer of 4 MiB. Targets: peak RSS at 16× ≤ 1.3× at 1×; the components
+equal scipy's in-memory ones and every planted cluster found whole.
 """
 
 import argparse
@@ -129,17 +137,118 @@ def planted_found(out: Path, planted: dict) -> tuple[int, int]:
     return found, len(planted["exact"]) + len(near) + marks
 
 
+def generate_pairs(folder: Path, documents: int, seed: int = 0) -> tuple:
+    """Writes a pairs folder and an ids file as `MinhashBuckets` and `MinhashSignature` would for planted
+    clusters of `documents` keys; returns the keys (sorted) and each one's cluster root (its smallest key)."""
+    import numpy as np
+
+    from data_pipeline.sorted_runs import RunWriter, framed, key_bytes
+
+    rng = np.random.default_rng(seed)
+    keys = np.sort(rng.choice(1 << 40, documents, replace=False)).astype(np.uint64)
+    sizes = rng.integers(2, 65, documents // 2)
+    sizes = sizes[: np.searchsorted(np.cumsum(sizes), documents)]
+    rest = documents - sizes.sum()  # a last cluster, or one more member of the last one
+    if rest > 1:
+        sizes = np.append(sizes, rest)
+    else:
+        sizes[-1] += rest
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    members = rng.permutation(documents)  # cluster c: members[starts[c] : starts[c] + sizes[c]] (key indices)
+    start, size = np.repeat(starts, sizes), np.repeat(sizes, sizes)
+    position = np.arange(documents) - start  # within its cluster
+    earlier = start + (rng.random(documents) * position).astype(np.int64)  # a random earlier member
+    anyone = start + (rng.random(documents) * size).astype(np.int64)  # a random member
+    extra = rng.random(documents) < 0.5
+    a = keys[members[np.concatenate([np.flatnonzero(position > 0), np.flatnonzero(extra)])]]
+    b = keys[members[np.concatenate([earlier[position > 0], anyone[extra]])]]  # a spanning tree, then extras
+    roots = np.empty(documents, dtype=np.uint64)
+    roots[members] = keys[np.repeat(np.minimum.reduceat(members, starts), sizes)]
+    keep = a != b
+    pairs = np.stack([np.minimum(a, b)[keep], np.maximum(a, b)[keep]], axis=1).astype(">u8")
+    writer = RunWriter(str(folder / "pairs"), "00000", 64 << 20, record_size=16, unique=True)
+    writer.add(0, pairs.tobytes())
+    writer.close()
+    (folder / "ids").mkdir(parents=True, exist_ok=True)
+    (folder / "ids" / "00000.bin").write_bytes(b"".join(framed(key_bytes(int(k)) + f"d{k}".encode()) for k in keys))
+    return keys, roots
+
+
+def run_cluster_step(folder: str) -> None:
+    """In the child: the clustering step on `folder`; prints its CPU seconds, peak RSS and stats."""
+    from data_pipeline.steps.minhash import MinhashCluster
+
+    step = MinhashCluster(folder, tasks=2, buffer_bytes=4 << 20)
+    start = time.process_time()
+    step.run(rank=0, world_size=1)
+    cpu_s = time.process_time() - start
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    stats = {name: step.stats[name].total for name in ("clusters", "near_duplicates", "component_rounds")}
+    print(json.dumps({"cpu_s": cpu_s, "rss_mb": int(status["VmHWM"].split()[0]) / 1024, **stats}))
+
+
+def clusters_case(workdir: Path, base: int, sizes: list[int]) -> None:
+    import glob
+
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    from data_pipeline.sorted_runs import merge_sorted_blocks, read_records
+
+    rows = {}
+    for size in sizes:
+        folder = workdir / f"clusters-x{size}"
+        subprocess.run(["rm", "-rf", str(folder)], check=True)
+        folder.mkdir(parents=True)
+        keys, roots = generate_pairs(folder, size * base, seed=size)
+        command = [sys.executable, __file__, "--run-cluster-step", str(folder)]
+        result = json.loads(subprocess.run(command, stdout=subprocess.PIPE, check=True,
+                                           env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout)
+        pairs = np.concatenate(list(merge_sorted_blocks(glob.glob(f"{folder}/pairs/*/*.bin"), 16)))
+        ends = np.searchsorted(keys, np.frombuffer(pairs.tobytes(), dtype=">u8").astype(np.uint64)).reshape(-1, 2)
+        n = len(keys)
+        _, labels = connected_components(coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])), shape=(n, n)),
+                                         directed=False)
+        smallest = np.full(labels.max() + 1, n)
+        np.minimum.at(smallest, labels, np.arange(n))
+        expected = {int(keys[i]): f"d{keys[smallest[labels[i]]]}" for i in range(n) if smallest[labels[i]] != i}
+        got = {}
+        for path in glob.glob(f"{folder}/removals/*/*.bin"):
+            for record in read_records(path):
+                got[int.from_bytes(record[:8], "big")] = record[8:].decode()
+        planted = {int(k): f"d{r}" for k, r in zip(keys, roots) if k != r}
+        rows[size] = {**result, "nodes": n, "pairs": len(pairs), "equal_to_scipy": got == expected,
+                      "planted_found": sum(got.get(k) == r for k, r in planted.items()), "planted": len(planted)}
+        print(f"{size}×: {rows[size]}", file=sys.stderr)
+    first, last = sizes[0], sizes[-1]
+    for size in sizes:
+        row = rows[size]
+        print(f"{size:>3}×  {row['nodes']:>9,} documents {row['pairs']:>9,} pairs  peak RSS {row['rss_mb']:6.0f} MB  "
+              f"{row['nodes'] / row['cpu_s']:9,.0f} docs/s/core  {row['component_rounds']} rounds  "
+              f"equal to scipy: {row['equal_to_scipy']}  planted clusters found: "
+              f"{row['planted_found']:,}/{row['planted']:,} members")
+    print(f"peak RSS {last}×/{first}×: {rows[last]['rss_mb'] / rows[first]['rss_mb']:.2f} (≤ 1.3)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", type=int, default=20000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--workdir", default="/tmp/dp-scale-bench")
     parser.add_argument("--report", action="store_true", help="only print the table of the sizes measured")
+    parser.add_argument("--clusters", action="store_true", help="the clustering-heavy case (see above)")
+    parser.add_argument("--cluster-base", type=int, default=65536)
     parser.add_argument("--run-stage", nargs=2, metavar=("CONFIG", "RUN"), help=argparse.SUPPRESS)
+    parser.add_argument("--run-cluster-step", metavar="FOLDER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_stage:
         return run_stage(*args.run_stage)
+    if args.run_cluster_step:
+        return run_cluster_step(args.run_cluster_step)
     workdir = Path(args.workdir)
+    if args.clusters:
+        return clusters_case(workdir, args.cluster_base, args.sizes)
     if args.report:
         return report({size: json.loads((workdir / f"x{size}" / "results.json").read_text()) for size in args.sizes},
                       args.sizes)

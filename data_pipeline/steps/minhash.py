@@ -7,8 +7,9 @@ bands × rows hash functions in one numpy matrix operation, and writes `(band, b
 the sorted runs of the bucket task that owns the band, and `(key, id)` to its ids file;
 `MinhashBuckets` (one task per band group) merges its bands' records and writes a pair
 (first key, key) for each document sharing a band hash with a smaller key;
-`MinhashCluster` (one task) joins the pairs by union-find, each cluster's smallest key its root, and
-lists every other member with the root's id for the final task that holds it;
+`MinhashCluster` (one task) finds the clusters of the pairs out of core (`data_pipeline.connected_components`),
+each cluster's smallest key its root, and lists every other member with the root's id for the final task
+that holds it;
 `DuplicateFilter` (final stage, per task) drops those with `duplicate_of` the kept document.
 datatrove's own `MinhashDedupSignature` calls Python per shingle and per hash function and splits
 words with spaCy, which is why this is written here (see bench/bench_data_pipeline.py).
@@ -16,17 +17,17 @@ words with spaCy, which is why this is written here (see bench/bench_data_pipeli
 
 import glob
 import os
-from array import array
 from dataclasses import dataclass
 
 import numpy as np
 import xxhash
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
-from datatrove.utils.batching import batched
 
+from data_pipeline.connected_components import star_components
 from data_pipeline.records import task_of_key
-from data_pipeline.sorted_runs import RunWriter, framed, key_bytes, key_of, merge_sorted, partition_files
+from data_pipeline.sorted_runs import (RunWriter, framed, key_bytes, key_of, merge_sorted, merge_sorted_blocks,
+                                      partition_files)
 from data_pipeline.text import split_words
 
 _U32_MAX = np.uint32(0xFFFFFFFF)
@@ -96,7 +97,6 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 _BAND = np.dtype([("band", ">u2"), ("value", ">u8"), ("key", ">u8")])  # sorted: equal band hashes in key order
 _GROUP_BYTES = 10  # band and band hash: the records sharing them are candidates
 _PAIR_SIZE = 16  # two keys, the smaller first
-_CHUNK = 1 << 16  # pairs or members handled at once in numpy
 
 
 class MinhashSignature(PipelineStep):
@@ -180,12 +180,12 @@ class MinhashBuckets(PipelineStep):
 
 
 class MinhashCluster(PipelineStep):
-    """Clusters of the pairs by union-find; writes `(key, kept id)` to `<folder>/removals/<final task>/` for
-    every member but its cluster's smallest key.
+    """Clusters of the pairs; writes `(key, kept id)` to `<folder>/removals/<final task>/` for every member
+    but its cluster's smallest key.
 
-    Like datatrove's `MinhashDedupCluster` it is one task holding the union-find of every document that
-    has a near-duplicate, here 16 bytes each (numpy keys and parents); the rest streams through sorted
-    files within `buffer_bytes`.
+    One task, like datatrove's `MinhashDedupCluster`, but out of core: the components come from sorted
+    edge files (`data_pipeline.connected_components`), so memory stays within `buffer_bytes` whatever the
+    number of near-duplicate documents.
     """
 
     name = "🎯 MinHash clusters"
@@ -202,51 +202,31 @@ class MinhashCluster(PipelineStep):
         if world_size != 1:
             raise ValueError("MinhashCluster is a global step: run it with tasks=1")
         with self.track_time():
-            nodes = self._nodes()
-            roots = self._roots(nodes)
-            members = np.flatnonzero(roots != np.arange(len(nodes)))
-            self._write_removals(nodes, roots, members)
-        self.stat_update("clusters", value=len(np.unique(roots[members])))
-        self.stat_update("near_duplicates", value=len(members))
+            pairs = merge_sorted_blocks(partition_files(f"{self.folder}/pairs", 0), _PAIR_SIZE, self.buffer_bytes)
+            stars, rounds = star_components((block.tobytes() for block in pairs), f"{self.folder}/components",
+                                            self.buffer_bytes)
+            members = clusters = 0
+            by_root = RunWriter(f"{self.folder}/members", "00000", self.buffer_bytes // 2, record_size=_PAIR_SIZE)
+            for block in merge_sorted_blocks([stars] if stars else [], _PAIR_SIZE, self.buffer_bytes // 2):
+                member_root = np.frombuffer(block.tobytes(), dtype=">u8").reshape(-1, 2)
+                by_root.add(0, member_root[:, ::-1].tobytes())
+                members += len(member_root)
+            by_root.close()
+            clusters = self._write_removals()
+        self.stat_update("clusters", value=clusters)
+        self.stat_update("near_duplicates", value=members)
+        self.stat_update("component_rounds", value=rounds)
 
-    def _pairs(self):
-        """Every pair once, however many band groups found it."""
-        return merge_sorted(partition_files(f"{self.folder}/pairs", 0), _PAIR_SIZE, self.buffer_bytes, unique=True)
-
-    def _nodes(self) -> np.ndarray:
-        """The sorted keys of the documents in any pair."""
-        ends = RunWriter(f"{self.folder}/nodes", "00000", self.buffer_bytes // 2, record_size=8, unique=True)
-        for chunk in batched(self._pairs(), _CHUNK):
-            ends.add(0, b"".join(chunk))
-        ends.close()
-        files = partition_files(f"{self.folder}/nodes", 0)
-        return np.fromfile(files[0], dtype=">u8").astype(np.uint64) if files else np.zeros(0, dtype=np.uint64)
-
-    def _roots(self, nodes: np.ndarray) -> np.ndarray:
-        """For each node (an index into `nodes`), the smallest node of its cluster."""
-        parent = array("q", range(len(nodes)))  # union by the smaller index: a root is its cluster's minimum
-        for chunk in batched(self._pairs(), _CHUNK):
-            ends = np.searchsorted(nodes, np.frombuffer(b"".join(chunk), dtype=">u8").astype(np.uint64))
-            for a, b in ends.reshape(-1, 2).tolist():
-                a, b = _find(parent, a), _find(parent, b)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)
-        roots = np.frombuffer(parent, dtype=np.int64)
-        while not np.array_equal(up := roots[roots], roots):  # pointer jumping to each cluster's root
-            roots = up
-        return roots
-
-    def _write_removals(self, nodes: np.ndarray, roots: np.ndarray, members: np.ndarray) -> None:
-        by_root = RunWriter(f"{self.folder}/members", "00000", self.buffer_bytes // 2, record_size=_PAIR_SIZE)
-        for start in range(0, len(members), _CHUNK):
-            chunk = members[start : start + _CHUNK]
-            by_root.add(0, np.stack([nodes[roots[chunk]], nodes[chunk]], axis=1).astype(">u8").tobytes())
-        by_root.close()
+    def _write_removals(self) -> int:
+        """Joins `(root, member)` to the roots' ids; returns the number of roots."""
         ids = merge_sorted(sorted(glob.glob(f"{self.folder}/ids/*.bin")), None, self.buffer_bytes // 4)
         removals = RunWriter(f"{self.folder}/removals", "00000", self.buffer_bytes // 4)
         id_record = b"\0" * 8
+        roots, last_root = 0, None
         for pair in merge_sorted(partition_files(f"{self.folder}/members", 0), _PAIR_SIZE, self.buffer_bytes // 4):
             root = key_of(pair)
+            if root != last_root:
+                roots, last_root = roots + 1, root
             while key_of(id_record) < root:
                 id_record = next(ids, None)
                 if id_record is None:
@@ -255,11 +235,4 @@ class MinhashCluster(PipelineStep):
                 raise ValueError(f"{self.folder}/ids: no id for document key {root}")
             removals.add(task_of_key(key_of(pair[8:]), self.tasks), pair[8:] + id_record[8:])
         removals.close()
-
-
-def _find(parent: array, x: int) -> int:
-    """The root of `x`, halving the path on the way."""
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
+        return roots
