@@ -43,6 +43,14 @@ def test_signature_agreement_estimates_the_shingle_jaccard(every):
     assert abs(estimate - jaccard(a, b)) < 0.05  # 2048 rows: standard error ≤ 0.011
 
 
+def test_signature_is_the_min_over_shingles_of_each_universal_hash():
+    hasher = MinhashHasher(MinhashConfig())
+    shingles = hasher.shingles(g.english_doc(random.Random(5)))
+    expected = (shingles[:, None].astype(np.uint64) * hasher.a + hasher.b) % (1 << 32)  # (shingles, rows)
+    assert np.array_equal(hasher.signature(shingles), expected.min(axis=0).astype(np.uint32))
+    assert np.all(hasher.signature(shingles[:0]) == 0xFFFFFFFF)
+
+
 def test_band_hashes_match_for_identical_text_and_not_for_far_text():
     rng = random.Random(3)
     hasher = MinhashHasher(MinhashConfig())
