@@ -1,5 +1,8 @@
 """Stage 8: tokenization into Megatron `.bin/.idx` shards, an end-of-document token after each document."""
 
+import itertools
+
+import numpy as np
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.tokens.megatron_tokenizer import MegatronTokenizedFile
@@ -34,10 +37,23 @@ class MegatronShardWriter(PipelineStep):
                     token_size = 2 if tokenizer.vocab_size <= 65535 else 4
                     shard = MegatronTokenizedFile(self.output_folder, f"{rank:05d}", token_size=token_size)
                 encoded = tokenizer.encode_batch([doc.text for doc in batch])
-                for ids in encoded:
-                    ids.append(tokenizer.eod)
-                    shard.write(ids)
-                    self.stat_update("tokens", value=len(ids))
+                self.stat_update("tokens", value=append_documents(shard, encoded, tokenizer.eod))
             yield from batch
         if shard is not None:
             shard.close()
+
+
+def append_documents(shard: MegatronTokenizedFile, encoded: list[list[int]], eod: int) -> int:
+    """Appends documents to `shard`, each followed by `eod`; returns the tokens written.
+
+    What `MegatronTokenizedFile.write` does for one document, for a batch in one numpy conversion and one
+    file write: per document, those cost ~3% of the tokenizer's own time (bench/bench_data_pipeline.py)."""
+    lengths = [len(ids) + 1 for ids in encoded]
+    for ids in encoded:
+        ids.append(eod)
+    tokens = sum(lengths)
+    shard.bin_file.write(np.fromiter(itertools.chain.from_iterable(encoded), shard.token_dtype, tokens).tobytes())
+    shard.sequence_lengths += lengths
+    first = len(shard.document_indices)  # document_indices[k] = number of sequences after document k
+    shard.document_indices += range(first, first + len(encoded))
+    return tokens

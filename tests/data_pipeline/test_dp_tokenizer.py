@@ -41,7 +41,7 @@ def test_shard_writer_appends_one_end_of_document_per_document(hf_tokenizer, tmp
     assert [d.id for d in writer.run(iter(docs), rank=3, world_size=4)] == ["0", "1", "2"]
     dataset = IndexedDataset(str(tmp_path / "tokens" / "00003"))
     tokenizer = Tokenizer(hf_tokenizer)
-    assert len(dataset) == 3
+    assert len(dataset) == 3 and dataset.document_indices.tolist() == [0, 1, 2, 3]  # written over two batches
     for text, ids in zip(TEXTS, dataset):
         assert ids[-1] == tokenizer.eod and tokenizer.decode(ids[:-1].tolist()) == text
     assert dataset.index.dtype == np.uint16
