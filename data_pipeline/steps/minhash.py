@@ -19,7 +19,6 @@ import glob
 import os
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 import xxhash
 from datatrove.data import DocumentsPipeline
@@ -54,6 +53,9 @@ class MinhashHasher:
         self.b = rng.integers(0, 1 << 32, n, dtype=np.uint32)
         self.gram_mult = rng.integers(0, 1 << 63, config.n_grams, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self.band_mult = rng.integers(0, 1 << 63, config.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        from data_pipeline.steps.minhash_kernel import min_hashes  # numba (~100 MB): only where signatures are made
+
+        self._min_hashes = min_hashes
 
     def shingles(self, text: str) -> np.ndarray:
         """Distinct 32-bit hashes of the word n-grams of `text` (all words as one n-gram if fewer)."""
@@ -70,28 +72,13 @@ class MinhashHasher:
     def signature(self, shingles: np.ndarray) -> np.ndarray:
         """min over shingles of every row's hash function: (bands * rows,) uint32."""
         sig = np.full(self.a.shape, _U32_MAX, dtype=np.uint32)
-        _min_hashes(shingles, self.a, self.b, sig)
+        self._min_hashes(shingles, self.a, self.b, sig)
         return sig
 
     def band_hashes(self, signature: np.ndarray) -> np.ndarray:
         """One 64-bit hash per band of `signature`: (bands,) uint64."""
         rows = signature.reshape(self.config.bands, self.config.rows).astype(np.uint64)
         return _mix64((rows * self.band_mult).sum(axis=1, dtype=np.uint64))
-
-
-@numba.njit(cache=True, nogil=True)
-def _min_hashes(shingles: np.ndarray, a: np.ndarray, b: np.ndarray, sig: np.ndarray) -> None:
-    """sig[j] = min(sig[j], min over shingles x of (a[j] * x + b[j]) mod 2^32).
-
-    Compiled with numba because numpy needs three passes over a (shingles, bands * rows) temporary
-    (multiply, add, min); one fused loop keeps `sig` in L1 cache and vectorises the 32-bit
-    multiply-add-min: 7.6× numpy's rate at 128 × 16 (bench/bench_data_pipeline.py)."""
-    for i in range(shingles.shape[0]):
-        x = shingles[i]
-        for j in range(sig.shape[0]):
-            h = np.uint32(a[j] * x + b[j])
-            if h < sig[j]:
-                sig[j] = h
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:
