@@ -26,7 +26,9 @@ DEFAULTS = {
                        "banned_words": [], "banned_subwords": [], "soft_banned_words": []},
         "extract": {"enabled": True, "extractor": "trafilatura", "timeout": 5.0},  # seconds per page
         "language": {"enabled": True, "languages": ["en", "zh"], "threshold": 0.65},
-        "exact_dedup": {"enabled": True},
+        # keep_passing_copy: of each MD5 keep the smallest key among the copies that pass the rule filters
+        # (checked in ingest on a copy, so a kept document goes through the rule filters twice)
+        "exact_dedup": {"enabled": True, "keep_passing_copy": True},
         "line_dedup": {"enabled": True, "edge_lines": 5, "max_count": 200},
         # the exact and line-dedup index: tasks (MD5 / line-hash partitions) and the records each task of
         # ingest and dedup_index holds in memory before it spills a sorted run to disk

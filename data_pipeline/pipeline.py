@@ -112,7 +112,7 @@ def build_stages(config: DictConfig) -> list[Stage]:
     index, dedup = steps.dedup_index, f"{work}/dedup"
     if exact or lines:
         edge_lines = steps.line_dedup.edge_lines if lines else None
-        checks = rule_filters(config, with_rejects=False) if exact else []  # exact dedup keeps a copy that passes
+        checks = rule_filters(config, with_rejects=False) if exact and steps.exact_dedup.keep_passing_copy else []
         ingest.append(DedupHasher(dedup, index.tasks, index.buffer_bytes, edge_lines, checks))
     ingest.append(intermediate_writer("ingest"))
     stages = [Stage("ingest", ingest, tasks)]

@@ -16,6 +16,18 @@ from data_pipeline.sample import generate as g
 from dp_planted import jaccard, outputs
 
 GROUPS = 4
+TEXT = g.english_doc(random.Random(12))
+
+
+def run(root, records: list[dict], overrides: list[str] = ()) -> dict:
+    (root / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    config = {"input": {"paths": [str(root / "in.jsonl")]}, "output_dir": str(root / "out"), "tasks": 2,
+              "workers": 1, "progress": False,
+              "steps": {"url_filter": {"use_integrated_lists": False}, "minhash": {"bucket_tasks": 2},
+                        "tokenize": {"enabled": False}}}
+    (root / "c.yaml").write_text(yaml.safe_dump(config))
+    run_pipeline(load_config(str(root / "c.yaml"), list(overrides)))
+    return outputs(root / "out")
 
 
 @pytest.fixture(scope="module")
@@ -35,14 +47,7 @@ def kept_copy_run(tmp_path_factory):
                     {"id": f"near-{i}-clean", "text": text}, {"id": f"near-{i}-edited", "text": edited}]
     bad_only = g.english_doc(rng).upper()  # a group of which no copy passes: nothing of it is kept
     records += [{"id": "bad-only-a", "text": bad_only}, {"id": "bad-only-b", "text": bad_only + " ."}]
-    (root / "in.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
-    config = {"input": {"paths": [str(root / "in.jsonl")]}, "output_dir": str(root / "out"), "tasks": 2,
-              "workers": 1, "progress": False,
-              "steps": {"url_filter": {"use_integrated_lists": False}, "minhash": {"bucket_tasks": 2},
-                        "tokenize": {"enabled": False}}}
-    (root / "c.yaml").write_text(yaml.safe_dump(config))
-    run_pipeline(load_config(str(root / "c.yaml")))
-    return outputs(root / "out"), groups, {r["id"]: r["text"] for r in records}
+    return run(root, records), groups, {r["id"]: r["text"] for r in records}
 
 
 def test_the_planted_groups_are_duplicates_and_their_first_copy_fails_a_filter(kept_copy_run):
@@ -69,3 +74,10 @@ def test_a_clean_copy_is_kept_in_every_group_and_the_others_name_it(kept_copy_ru
     assert "bad-only-a" not in o["kept"] and o["rejected"]["bad-only-b"]["duplicate_of"] == "bad-only-a"
     exact_index = next(s for s in o["manifest"]["stages"]["dedup_index"] if s["step"].endswith("Exact index"))
     assert exact_index["exact_duplicates_no_copy_passes"] == 1  # bad-only-b
+
+
+def test_without_keep_passing_copy_the_smallest_key_is_kept_as_before(tmp_path):
+    records = [{"id": "upper", "text": TEXT.upper()}, {"id": "clean", "text": TEXT}]
+    o = run(tmp_path, records, ["steps.exact_dedup.keep_passing_copy=false"])
+    assert o["rejected"]["clean"]["duplicate_of"] == "upper"
+    assert o["rejected"]["upper"]["reason"] == "gopher_enough_stop_words" and o["kept"] == {}
