@@ -53,7 +53,7 @@ class MinhashHasher:
         self.b = rng.integers(0, 1 << 32, n, dtype=np.uint32)
         self.gram_mult = rng.integers(0, 1 << 63, config.n_grams, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         self.band_mult = rng.integers(0, 1 << 63, config.rows, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
-        from data_pipeline.steps.minhash_kernel import min_hashes  # numba (~100 MB): only where signatures are made
+        from data_pipeline.steps.minhash_kernel import min_hashes  # numba (~150 MB RSS): only where signatures are made
 
         self._min_hashes = min_hashes
 
@@ -201,7 +201,7 @@ class MinhashCluster(PipelineStep):
             pairs = merge_sorted_blocks(partition_files(f"{self.folder}/pairs", 0), _PAIR_SIZE, self.buffer_bytes)
             stars, rounds = star_components((block.tobytes() for block in pairs), f"{self.folder}/components",
                                             self.buffer_bytes)
-            members = clusters = 0
+            members = 0
             by_root = RunWriter(f"{self.folder}/members", "00000", self.buffer_bytes // 2, record_size=_PAIR_SIZE)
             for block in merge_sorted_blocks([stars] if stars else [], _PAIR_SIZE, self.buffer_bytes // 2):
                 member_root = np.frombuffer(block.tobytes(), dtype=">u8").reshape(-1, 2)
